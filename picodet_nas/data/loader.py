@@ -1,0 +1,292 @@
+"""Training and evaluation batches, and decoded-once image caches for search and BN recalibration.
+
+Determinism: the epoch's order comes from (seed, epoch); each sample's augmentation
+from a Generator seeded with (seed, epoch, dataset index); each batch's size and
+interpolation from (seed, epoch, batch number). No RNG state lives in a worker, so
+the batches are the same with 0, 1 or 8 workers, and a resumed run replays an epoch
+exactly. Every DataLoader gets a private torch.Generator, because a DataLoader
+otherwise draws its worker seed from the global torch RNG and would shift the
+caller's random stream (model init, subnet sampling).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from picodet_nas.data.coco import CocoDetection
+from picodet_nas.data.transforms import BatchRandomResize, TrainAugment, eval_resize, normalize, to_nchw
+from picodet_nas.errors import DataError
+
+# Every RNG key starts with a non-zero stream tag: numpy's SeedSequence pads short keys
+# with zeros, so [seed, epoch] and [seed, epoch, 0, 0] would otherwise be the same stream.
+_ORDER_STREAM = 1
+_SAMPLE_STREAM = 2
+_BATCH_STREAM = 3
+_SUBSET_STREAM = 4
+
+
+class DetectionLoader(DataLoader):
+    """A DataLoader whose DataErrors keep their one-line message when raised in a worker.
+
+    DataLoader re-raises a worker's exception as the same type but with the whole
+    worker traceback as its message, which would break the command line's promise
+    of one line naming the bad file; the original message is the traceback's last line.
+    The workers are shut down at once: left to garbage collection, an iterator whose
+    worker has raised stalls 5 s joining it.
+    """
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        try:
+            yield from iterator
+        except DataError as error:
+            if hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            message = str(error)
+            if not message.startswith("Caught DataError"):
+                raise
+            last_line = message.rstrip().splitlines()[-1]
+            raise DataError(last_line.split("DataError: ", 1)[-1]) from None
+
+
+class EpochBatchSampler(Sampler):
+    """One epoch's batches for one rank, each index tagged with its batch number.
+
+    Like DistributedSampler: every rank draws the same permutation from (seed, epoch),
+    pads it by wrapping around to a multiple of `world_size`, and takes every
+    `world_size`-th index from `rank`; so all ranks get the same number of batches.
+    The batch number travels with each index because the batch-level resize must
+    draw its size from a stream keyed by it.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, *, seed: int, epoch: int, rank: int, world_size: int, drop_last: bool
+    ):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = epoch
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+
+    def _rank_indices(self) -> np.ndarray:
+        order = np.random.default_rng([_ORDER_STREAM, self.seed, self.epoch]).permutation(self.num_samples)
+        per_rank = -(-self.num_samples // self.world_size)
+        padded = np.resize(order, per_rank * self.world_size)
+        return padded[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        per_rank = -(-self.num_samples // self.world_size)
+        if self.drop_last:
+            return per_rank // self.batch_size
+        return -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        indices = self._rank_indices()
+        for batch in range(len(self)):
+            chunk = indices[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield [(int(index), batch) for index in chunk]
+
+
+class AugmentedSamples(Dataset):
+    """Training samples after the per-sample augmentation, addressed by (index, batch number)."""
+
+    def __init__(self, dataset: CocoDetection, *, seed: int, epoch: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = epoch
+        self.augment = TrainAugment()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[dict, int]:
+        index, batch = key
+        rng = np.random.default_rng([_SAMPLE_STREAM, self.seed, self.epoch, index])
+        return self.augment(self.dataset[index], rng), batch
+
+
+class TrainCollate:
+    """Batch-level resize, normalisation and NCHW layout.
+
+    The size is drawn from (seed, epoch, batch number) without the rank, so under DDP
+    every rank resizes a step's batch to the same size and none waits on a larger one.
+    """
+
+    def __init__(self, sizes: Sequence[int], *, seed: int, epoch: int):
+        self.resize = BatchRandomResize(sizes)
+        self.seed = seed
+        self.epoch = epoch
+
+    def __call__(self, items: list[tuple[dict, int]]) -> tuple[torch.Tensor, list[dict]]:
+        samples = [sample for sample, _ in items]
+        batch = items[0][1]
+        rng = np.random.default_rng([_BATCH_STREAM, self.seed, self.epoch, batch])
+        images, boxes = self.resize([s["image"] for s in samples], [s["boxes"] for s in samples], rng)
+        targets = [
+            {"boxes": torch.from_numpy(b), "labels": torch.from_numpy(np.ascontiguousarray(s["labels"]))}
+            for s, b in zip(samples, boxes)
+        ]
+        return normalize(images), targets
+
+
+def build_train_loader(
+    dataset: CocoDetection,
+    batch_size: int,
+    sizes: Sequence[int],
+    *,
+    workers: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = True,
+) -> DetectionLoader:
+    """Batches of one epoch for one rank: (images float32 [B,3,S,S], [{boxes, labels}, ...]).
+
+    Boxes are xyxy in network-input pixels. Build a new loader each epoch; the same
+    (seed, epoch, rank, world_size) always gives the same batches.
+    """
+    sampler = EpochBatchSampler(
+        len(dataset), batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size, drop_last=drop_last
+    )
+    if len(sampler) == 0:
+        raise DataError(
+            f"training set {dataset.ann_file} has {len(dataset)} images, too few for {world_size} rank(s) "
+            f"with batch size {batch_size}; expected at least {batch_size * world_size}"
+        )
+    return DetectionLoader(
+        AugmentedSamples(dataset, seed=seed, epoch=epoch),
+        batch_sampler=sampler,
+        collate_fn=TrainCollate(sizes, seed=seed, epoch=epoch),
+        num_workers=workers,
+        generator=torch.Generator(),
+    )
+
+
+class EvalSamples(Dataset):
+    """Images resized for evaluation, as uint8 HxWx3, with what is needed to map boxes back."""
+
+    def __init__(self, dataset: CocoDetection, size: int, indices: Sequence[int] | None = None):
+        self.dataset = dataset
+        self.size = size
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[np.ndarray, dict]:
+        index = self.indices[position]
+        image = self.dataset.load_image(index)
+        resized, scale = eval_resize(image, self.size)
+        meta = {
+            "image_id": self.dataset.image_ids[index],
+            "scale_factor": scale,
+            "orig_size": (image.shape[0], image.shape[1]),
+        }
+        return resized, meta
+
+
+def collate_uint8(items: list[tuple[np.ndarray, dict]]) -> tuple[torch.Tensor, list[dict]]:
+    return to_nchw([image for image, _ in items]), [meta for _, meta in items]
+
+
+def collate_normalized(items: list[tuple[np.ndarray, dict]]) -> tuple[torch.Tensor, list[dict]]:
+    images, metas = collate_uint8(items)
+    return normalize(images), metas
+
+
+def build_eval_loader(dataset: CocoDetection, size: int, batch_size: int, workers: int) -> DetectionLoader:
+    """Every image in dataset order: (images float32 [B,3,S,S], metas).
+
+    Each meta holds `image_id`, `scale_factor` (sx, sy) and `orig_size` (h, w); a box
+    on the network input maps back to the original image as x / sx, y / sy.
+    """
+    return DetectionLoader(
+        EvalSamples(dataset, size),
+        batch_size=batch_size,
+        collate_fn=collate_normalized,
+        num_workers=workers,
+        generator=torch.Generator(),
+    )
+
+
+def fixed_subset(num_images: int, count: int | None, seed: int) -> list[int]:
+    """A sorted, seed-determined subset of `count` indices; all of them when count is None or too large."""
+    if count is None or count >= num_images:
+        return list(range(num_images))
+    chosen = np.random.default_rng([_SUBSET_STREAM, seed]).choice(num_images, size=count, replace=False)
+    return sorted(int(i) for i in chosen)
+
+
+def decode_resized(
+    dataset: CocoDetection, size: int, indices: Sequence[int], workers: int
+) -> tuple[torch.Tensor, list[dict]]:
+    """Decode and resize the given images once, eval-style, into uint8 [N,3,S,S] plus metas."""
+    loader = DetectionLoader(
+        EvalSamples(dataset, size, indices),
+        batch_size=32,
+        collate_fn=collate_uint8,
+        num_workers=workers,
+        generator=torch.Generator(),
+    )
+    images = torch.empty((len(indices), 3, size, size), dtype=torch.uint8)
+    metas: list[dict] = []
+    for batch, batch_metas in loader:
+        images[len(metas) : len(metas) + len(batch)] = batch
+        metas.extend(batch_metas)
+    return images, metas
+
+
+class EvalCache:
+    """A fixed evaluation subset, decoded and resized once, for scoring many subnets.
+
+    The NAS search scores hundreds of candidates on the same images; decoding is
+    slower than the forward pass on a CPU, so it must happen once. At 320 the cache
+    costs 300 KB per image (uint8). Score with pycocotools restricted to
+    `image_ids` (`params.imgIds`), or the images left out count as misses.
+    """
+
+    def __init__(
+        self, dataset: CocoDetection, size: int, *, num_images: int | None = None, seed: int = 0, workers: int = 0
+    ):
+        self.size = size
+        self.images, self.metas = decode_resized(dataset, size, fixed_subset(len(dataset), num_images, seed), workers)
+
+    def __len__(self) -> int:
+        return len(self.metas)
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [meta["image_id"] for meta in self.metas]
+
+    def batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, list[dict]]]:
+        """Normalised float32 batches in a fixed order; uint8 is moved to `device` before converting."""
+        for start in range(0, len(self), batch_size):
+            images = self.images[start : start + batch_size].to(device)
+            yield normalize(images), self.metas[start : start + batch_size]
+
+
+class CalibCache:
+    """A fixed subset of training images for BN recalibration, decoded and resized once.
+
+    Eval-style preprocessing, no augmentation, so that every candidate subnet's
+    batch statistics are measured on exactly the same pixels.
+    """
+
+    def __init__(self, dataset: CocoDetection, size: int, *, num_images: int, seed: int = 0, workers: int = 0):
+        self.size = size
+        self.images, _ = decode_resized(dataset, size, fixed_subset(len(dataset), num_images, seed), workers)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+        """Normalised float32 batches in a fixed order."""
+        for start in range(0, len(self), batch_size):
+            yield normalize(self.images[start : start + batch_size].to(device))
