@@ -1,0 +1,356 @@
+"""Dynamic (sliceable) layers: the ops of the weight-sharing supernet, after Once-for-All.
+
+Every op owns the weights of its *largest* configuration and, on each call, runs only the
+*active* sub-configuration chosen by `set_active(...)`: the first channels of the largest
+weights and, for depthwise convolutions, the centre of the largest kernel (a 3x3 kernel is
+the centre of the 5x5 one). The contract of every op, as in OFA:
+
+* `set_active(...)` chooses the sub-configuration (kept until the next call);
+* `forward(x)` runs it on `x`, which holds exactly the active input channels;
+* `export()` returns a plain static module of the active size (`nn.Conv2d`,
+  `nn.BatchNorm2d`, `ConvBN`, `SqueezeExcite`, `DPModule`) carrying *copies* of the
+  active weights and BN running statistics, computing the same function;
+* the leaves (`DynamicConv2d`, `DynamicBatchNorm2d`) also give `active_state()`: the
+  state dict that static module would have, without building it.
+
+Channel sets
+------------
+Activations inside the supernet are compact (a subnet with 40 mid channels carries 40-channel
+tensors), but the channels they hold are not always a prefix of the largest layout. When a
+layer reads the concatenation of two tensors that are each elastic, its input channels in the
+largest layout are two prefixes: in a stride-1 ES block the SE and the final 1x1 conv see
+`cat[a, b]` with `a`, `b` of `m/2` channels each, i.e. channels `[0, m/2) U [M/2, M/2 + m/2)`
+of the largest (`M`) layout. A channel set is therefore a tuple of half-open ranges in the
+largest layout (`Ranges`); an integer `n` means the prefix `[0, n)`. Slicing a weight by one
+range is a view (free); by several, an `index_select` (a small copy of the weight, never of
+the activation).
+
+Batch norm
+----------
+In training mode a `DynamicBatchNorm2d` normalises with the batch statistics of the active
+channels and updates the running statistics of the active channels only (the running buffers
+are sliced as views, so `F.batch_norm` updates them in place); in eval mode it uses the running
+statistics of the active channels. BN channels are always a prefix: a BN follows a conv whose
+output channels are a prefix in every layer of this network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from picodet_nas.models.layers import ConvBN, DPModule, SqueezeExcite
+
+Ranges = tuple[tuple[int, int], ...]
+Channels = Union[int, Ranges]  # an int n is the prefix [0, n)
+
+
+def prefix(n: int) -> Ranges:
+    """The first `n` channels."""
+    return ((0, n),)
+
+
+def stacked_prefixes(n: int, max_n: int, parts: int = 2) -> Ranges:
+    """The channels of `parts` tensors of `n` active channels each, concatenated, where each
+    tensor occupies a slot of `max_n` channels in the largest layout:
+    `[0, n) U [max_n, max_n + n) U ...`."""
+    return tuple((p * max_n, p * max_n + n) for p in range(parts))
+
+
+def as_ranges(channels: Channels, max_channels: int) -> Ranges:
+    """Normalise a channel set: an int is a prefix; adjacent ranges are merged; every range
+    must be non-empty, in order, and inside `[0, max_channels)`."""
+    if isinstance(channels, int):
+        channels = prefix(channels)
+    merged: list[list[int]] = []
+    for start, stop in channels:
+        if not 0 <= start < stop <= max_channels or (merged and start < merged[-1][1]):
+            raise ValueError(f"invalid channel set {tuple(channels)} for a layer of {max_channels} channels")
+        if merged and start == merged[-1][1]:
+            merged[-1][1] = stop
+        else:
+            merged.append([start, stop])
+    return tuple((a, b) for a, b in merged)
+
+
+def width(ranges: Ranges) -> int:
+    """Number of channels in a channel set."""
+    return sum(stop - start for start, stop in ranges)
+
+
+@dataclass(frozen=True, eq=False)
+class _ConvSlice:
+    """One active configuration of a `DynamicConv2d`, with what its forward needs."""
+
+    in_ranges: Ranges
+    out_ranges: Ranges
+    kernel: int
+    out_sel: slice | torch.Tensor | None  # rows of the weight: all, a slice, or an index
+    in_sel: slice | torch.Tensor | None  # columns (dense convs only)
+    crop: int  # offset of the active kernel in the largest one
+    padding: int
+    groups: int
+
+
+class DynamicConv2d(nn.Conv2d):
+    """A `Conv2d` that holds the largest weights and runs a slice of them.
+
+    Dense (`depthwise=False`): weight `[max_out, max_in, K, K]`; the active conv uses the rows
+    `out_channels` and the columns `in_channels`. Depthwise (`depthwise=True`): weight
+    `[C, 1, K, K]`, groups = channels; the active conv runs on the channels `in_channels`
+    (output channels are the same set). In both, an active kernel `k < K` is the centre
+    `k x k` of the largest kernel, with padding `(k - 1) // 2`.
+
+    A one-range channel set is taken as a slice (a view); a split one with `index_select` on
+    an index tensor built once per configuration and kept on the weight's device (one op
+    forward and one backward, cheaper than concatenating slices).
+
+    The parameters are named as in `nn.Conv2d` (`weight`, `bias`), so a supernet built of
+    these has the same state-dict keys as the static network.
+    """
+
+    def __init__(self, max_in: int, max_out: int, max_kernel: int = 1, stride: int = 1,
+                 depthwise: bool = False, bias: bool = False):
+        if depthwise and max_in != max_out:
+            raise ValueError(f"a depthwise conv has as many outputs as inputs, got {max_in} -> {max_out}")
+        super().__init__(max_in, max_out, max_kernel, stride, (max_kernel - 1) // 2,
+                         groups=max_in if depthwise else 1, bias=bias)
+        self.depthwise = depthwise
+        self.max_kernel = max_kernel
+        self._slices: dict[tuple, _ConvSlice] = {}
+        self.set_active()
+
+    def set_active(self, in_channels: Channels | None = None, out_channels: Channels | None = None,
+                   kernel_size: int | None = None) -> None:
+        """Choose the active slice; `None` keeps a dimension at its largest. For a depthwise
+        conv give `in_channels` only (the outputs are the same channels). Each distinct
+        configuration is worked out once and cached (training switches subnets every step)."""
+        key = (in_channels, out_channels, kernel_size)
+        active = self._slices.get(key)
+        if active is None:
+            active = self._slices[key] = self._make_slice(in_channels, out_channels, kernel_size)
+        self._active = active
+
+    def _make_slice(self, in_channels: Channels | None, out_channels: Channels | None,
+                    kernel_size: int | None) -> "_ConvSlice":
+        in_ranges = as_ranges(self.in_channels if in_channels is None else in_channels, self.in_channels)
+        if self.depthwise:
+            if out_channels is not None and as_ranges(out_channels, self.out_channels) != in_ranges:
+                raise ValueError("a depthwise conv's output channels are its input channels")
+            out_ranges = in_ranges
+        else:
+            out_ranges = as_ranges(self.out_channels if out_channels is None else out_channels, self.out_channels)
+        k = self.max_kernel if kernel_size is None else kernel_size
+        if not (1 <= k <= self.max_kernel and k % 2 == 1):
+            raise ValueError(f"kernel size must be odd and at most {self.max_kernel}, got {k}")
+        return _ConvSlice(
+            in_ranges=in_ranges,
+            out_ranges=out_ranges,
+            kernel=k,
+            out_sel=self._selector(out_ranges, self.out_channels),
+            in_sel=None if self.depthwise else self._selector(in_ranges, self.in_channels),
+            crop=(self.max_kernel - k) // 2,
+            padding=(k - 1) // 2,
+            groups=width(in_ranges) if self.depthwise else 1,
+        )
+
+    def _selector(self, ranges: Ranges, max_channels: int) -> slice | torch.Tensor | None:
+        """None (all channels), a slice (one range) or an index tensor (split ranges)."""
+        if ranges == prefix(max_channels):
+            return None
+        if len(ranges) == 1:
+            return slice(*ranges[0])
+        index = [c for start, stop in ranges for c in range(start, stop)]
+        return torch.tensor(index, dtype=torch.long, device=self.weight.device)
+
+    def _apply(self, fn, recurse=True):
+        """After `.to(device)` / `.cuda()`: rebuild the cached slices, whose index tensors
+        must live on the weights' device."""
+        super()._apply(fn, recurse)
+        active = self._active
+        self._slices = {}
+        self.set_active(active.in_ranges, None if self.depthwise else active.out_ranges, active.kernel)
+        return self
+
+    @property
+    def active_in(self) -> Ranges:
+        return self._active.in_ranges
+
+    @property
+    def active_out(self) -> Ranges:
+        return self._active.out_ranges
+
+    @property
+    def active_kernel(self) -> int:
+        return self._active.kernel
+
+    @staticmethod
+    def _select(t: torch.Tensor, dim: int, sel: slice | torch.Tensor) -> torch.Tensor:
+        if isinstance(sel, slice):
+            return t[sel] if dim == 0 else t[:, sel]
+        return t.index_select(dim, sel)
+
+    def active_weight(self) -> torch.Tensor:
+        """The active slice of the weight (a view, or a small copy for split channel sets)."""
+        a, w = self._active, self.weight
+        if a.out_sel is not None:
+            w = self._select(w, 0, a.out_sel)
+        if a.in_sel is not None:
+            w = self._select(w, 1, a.in_sel)
+        if a.crop:
+            c, k = a.crop, a.kernel
+            w = w[:, :, c:c + k, c:c + k]
+        return w
+
+    def active_bias(self) -> torch.Tensor | None:
+        sel = self._active.out_sel
+        if self.bias is None or sel is None:
+            return self.bias
+        return self._select(self.bias, 0, sel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self._active
+        return F.conv2d(x, self.active_weight(), self.active_bias(), self.stride, a.padding, 1, a.groups)
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        """State dict of the static `nn.Conv2d` of the active size (detached copies)."""
+        state = {"weight": self.active_weight().detach().clone()}
+        if self.bias is not None:
+            state["bias"] = self.active_bias().detach().clone()
+        return state
+
+    def export(self) -> nn.Conv2d:
+        cout, k = width(self.active_out), self.active_kernel
+        cin = cout if self.depthwise else width(self.active_in)
+        conv = nn.Conv2d(cin, cout, k, self.stride, (k - 1) // 2, groups=self._active.groups, bias=self.bias is not None,
+                         device=self.weight.device, dtype=self.weight.dtype)
+        conv.load_state_dict(self.active_state())
+        return conv
+
+
+class DynamicBatchNorm2d(nn.BatchNorm2d):
+    """A `BatchNorm2d` over the largest width that normalises the first `active_features`
+    channels (affine, tracked running statistics; PyTorch's momentum and eps)."""
+
+    def __init__(self, max_features: int):
+        super().__init__(max_features)
+        self.active_features = max_features
+
+    def set_active(self, channels: int | None = None) -> None:
+        c = self.num_features if channels is None else channels
+        if not 1 <= c <= self.num_features:
+            raise ValueError(f"BN channels must be in [1, {self.num_features}], got {c}")
+        self.active_features = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.active_features
+        if c == self.num_features:
+            return super().forward(x)
+        factor = 0.0
+        if self.training:  # the bookkeeping of nn.BatchNorm2d (momentum None = cumulative average)
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
+                            self.training, factor, self.eps)
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        """State dict of the static `nn.BatchNorm2d` of the active size (detached copies)."""
+        c = self.active_features
+        return {
+            "weight": self.weight[:c].detach().clone(),
+            "bias": self.bias[:c].detach().clone(),
+            "running_mean": self.running_mean[:c].clone(),
+            "running_var": self.running_var[:c].clone(),
+            "num_batches_tracked": self.num_batches_tracked.clone(),
+        }
+
+    def export(self) -> nn.BatchNorm2d:
+        bn = nn.BatchNorm2d(self.active_features, self.eps, self.momentum,
+                            device=self.weight.device, dtype=self.weight.dtype)
+        bn.load_state_dict(self.active_state())
+        return bn
+
+
+class DynamicConvBN(nn.Module):
+    """Dynamic twin of `ConvBN` (conv without bias, BN, optional hard-swish), same names."""
+
+    def __init__(self, max_in: int, max_out: int, max_kernel: int = 1, stride: int = 1,
+                 depthwise: bool = False, act: bool = True):
+        super().__init__()
+        self.conv = DynamicConv2d(max_in, max_out, max_kernel, stride, depthwise)
+        self.bn = DynamicBatchNorm2d(max_out)
+        self.act = nn.Hardswish() if act else nn.Identity()
+
+    def set_active(self, in_channels: Channels | None = None, out_channels: Channels | None = None,
+                   kernel_size: int | None = None) -> None:
+        self.conv.set_active(in_channels, out_channels, kernel_size)
+        out = self.conv.active_out
+        if len(out) != 1 or out[0][0] != 0:
+            raise ValueError(f"a ConvBN's output channels must be a prefix, got {out}")
+        self.bn.set_active(width(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    def export(self) -> ConvBN:
+        conv = self.conv.export()
+        m = ConvBN(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.groups,
+                   act=isinstance(self.act, nn.Hardswish))
+        m.conv, m.bn = conv, self.bn.export()
+        return m
+
+
+class DynamicSE(nn.Module):
+    """Dynamic twin of `SqueezeExcite`: for `c` active channels the hidden width is
+    `c // reduction` (the first ones), as the static module of `c` channels has."""
+
+    def __init__(self, max_channels: int, reduction: int = 4):
+        super().__init__()
+        self.reduction = reduction
+        hidden = max_channels // reduction
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = DynamicConv2d(max_channels, hidden, bias=True)
+        self.relu = nn.ReLU()
+        self.expand = DynamicConv2d(hidden, max_channels, bias=True)
+        self.gate = nn.Hardsigmoid()
+
+    def set_active(self, channels: Channels | None = None) -> None:
+        ranges = as_ranges(self.reduce.in_channels if channels is None else channels, self.reduce.in_channels)
+        hidden = width(ranges) // self.reduction
+        self.reduce.set_active(ranges, hidden)
+        self.expand.set_active(hidden, ranges)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
+
+    def export(self) -> SqueezeExcite:
+        m = SqueezeExcite(width(self.reduce.active_in), self.reduction)
+        m.reduce, m.expand = self.reduce.export(), self.expand.export()
+        return m
+
+
+class DynamicDPModule(nn.Module):
+    """Dynamic twin of `DPModule` (depthwise k x k ConvBN + act, pointwise ConvBN + act),
+    elastic in its channel count (a prefix); the kernel is fixed."""
+
+    def __init__(self, max_channels: int, kernel_size: int = 5, stride: int = 1):
+        super().__init__()
+        self.dw = DynamicConvBN(max_channels, max_channels, kernel_size, stride, depthwise=True)
+        self.pw = DynamicConvBN(max_channels, max_channels, 1)
+
+    def set_active(self, channels: int) -> None:
+        self.dw.set_active(channels)
+        self.pw.set_active(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw(self.dw(x))
+
+    def export(self) -> DPModule:
+        dw, pw = self.dw.export(), self.pw.export()
+        m = DPModule(dw.conv.in_channels, dw.conv.kernel_size[0], dw.conv.stride[0])
+        m.dw, m.pw = dw, pw
+        return m

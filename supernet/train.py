@@ -1,0 +1,178 @@
+"""`nas train-supernet`: one-shot training of a search space's weight-sharing supernet with the
+same engine and recipe as `nas retrain`.
+
+Each step trains the subnets the `SubnetSampler` draws for it (uniform: one random subnet, as
+PicoDet's authors describe their supernet training; sandwich: largest + smallest + n random),
+every one at its own input size, accumulating their gradients before the optimiser step. The
+draw is a pure function of (seed, step), so DDP ranks and a resumed run agree without talking.
+
+Every evaluation recalibrates the BN statistics of the largest and of the smallest subnet on a
+fixed set of training images (the supernet's running statistics mix all subnets and describe
+none) and scores both on the validation split; `metrics.csv` gets `largest_mAP`,
+`largest_mAP50`, `smallest_mAP`, `smallest_mAP50`.
+
+Outputs: `supernet.pt` (the EMA weights, the space's name and fingerprint, the classes and the
+training config; what `nas evolve` loads), `last.pt`, `metrics.csv`, `config.yaml`, `train.log`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from picodet_nas.checkpoint import save_checkpoint
+from picodet_nas.data import CalibCache, CocoDetection, resolve_data
+from picodet_nas.engine.config import TrainConfig
+from picodet_nas.engine.distributed import init_distributed, shutdown_distributed
+from picodet_nas.engine.evaluate import evaluate_coco
+from picodet_nas.engine.plan import NetworkPass
+from picodet_nas.engine.session import (close_logging, load_resume_checkpoint, load_train_val, open_run,
+                                        resumed_config, setup_logging, write_run_config)
+from picodet_nas.engine.state import seed_everything
+from picodet_nas.engine.trainer import Trainer, resolve_amp
+from picodet_nas.errors import UserError
+from picodet_nas.space import SearchSpace, load_space
+from picodet_nas.utils.rundir import default_run_name
+
+from .calibration import recalibrate_bn
+from .sampling import STRATEGIES, SubnetSampler
+from .supernet import Supernet
+
+SUPERNET_FILE = "supernet.pt"
+DEFAULT_STRATEGY = "uniform"
+DEFAULT_NUM_RANDOM = 2
+DEFAULT_CALIB_IMAGES = 2000
+CALIB_BATCH_SIZE = 32
+LANDMARKS = ("largest", "smallest")
+
+
+class SupernetPlan:
+    """The subnets of each step, each at its own input size; the loader's multi-scale sizes
+    are built around the space's largest input size, so subnets mostly see shrunk batches."""
+
+    find_unused_parameters = True  # head repeats beyond a subnet's depth get no gradient
+
+    def __init__(self, sampler: SubnetSampler):
+        self.sampler = sampler
+        self.base_input_size = max(sampler.space.input_sizes)
+
+    def networks(self, step: int) -> list[NetworkPass]:
+        return [NetworkPass(arch, arch.input_size) for arch in self.sampler.archs_for_step(step)]
+
+
+class LandmarkEvaluator:
+    """mAP and mAP50 of the largest and the smallest subnet, each after BN recalibration."""
+
+    def __init__(self, space: SearchSpace, train_set: CocoDetection, val_set: CocoDetection, *, calib_images: int,
+                 seed: int, device: torch.device, batch_size: int, workers: int, amp_dtype: torch.dtype | None):
+        self.subnets = {"largest": space.largest(), "smallest": space.smallest()}
+        self.names = tuple(f"{which}_{key}" for which in LANDMARKS for key in ("mAP", "mAP50"))
+        self.train_set, self.val_set = train_set, val_set
+        self.calib_images, self.seed, self.device = calib_images, seed, device
+        self.batch_size, self.workers, self.amp_dtype = batch_size, workers, amp_dtype
+        self.calib_size = max(space.input_sizes)
+        self._calib: CalibCache | None = None
+
+    def __call__(self, model: Supernet) -> dict[str, float]:
+        if self._calib is None:  # decoded once, on the first evaluation, at the largest input size
+            self._calib = CalibCache(self.train_set, self.calib_size, num_images=self.calib_images, seed=self.seed,
+                                     workers=self.workers)
+        metrics = {}
+        for which, arch in self.subnets.items():
+            recalibrate_bn(model, self._calib.batches(CALIB_BATCH_SIZE, self.device), self.calib_images, arch,
+                           input_size=arch.input_size)
+            coco = evaluate_coco(model, self.val_set, arch.input_size, device=self.device, batch_size=self.batch_size,
+                                 workers=self.workers, amp_dtype=self.amp_dtype, progress=True)
+            metrics[f"{which}_mAP"], metrics[f"{which}_mAP50"] = coco["mAP"], coco["mAP50"]
+        return metrics
+
+
+def _supernet_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    options = {"strategy": values.get("strategy") or DEFAULT_STRATEGY,
+               "num_random": values.get("num_random", DEFAULT_NUM_RANDOM),
+               "calib_images": values.get("calib_images", DEFAULT_CALIB_IMAGES)}
+    if options["strategy"] not in STRATEGIES:
+        raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {options['strategy']!r}")
+    for key in ("num_random", "calib_images"):
+        value = options[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "calib_images" else 0):
+            raise UserError(f"--{key.replace('_', '-')} must be an integer >= {1 if key == 'calib_images' else 0}, "
+                            f"got {value!r}")
+    return options
+
+
+def _check_resume(space: SearchSpace, ckpt: Mapping[str, Any], given: Mapping[str, Any], source: Path) -> dict:
+    """The resumed run's supernet options; a checkpoint of another space is a one-line error."""
+    meta = ckpt["meta"]
+    if meta.get("kind") != "supernet":
+        raise UserError(f"{source}: not a supernet checkpoint")
+    space.check_fingerprint((meta.get("space") or {}).get("fingerprint"), f"{source}: supernet checkpoint")
+    saved = meta["supernet_options"]
+    for key, value in given.items():
+        if key in saved and value is not None and value != saved[key]:
+            raise UserError(f"--{key.replace('_', '-')} {value} differs from the resumed run's {saved[key]} "
+                            f"({source}); leave it out to resume, or start a new run")
+    return dict(saved)
+
+
+def train_supernet(space_spec: str | Path, data: str | Path, *, options: Mapping[str, Any] | None = None,
+                   out: str | None = None, name: str | None = None, resume: Any = None) -> dict[str, Any] | None:
+    """Train the supernet of `space_spec` on `data`. `options`: `TrainConfig` fields plus
+    `strategy`, `num_random` and `calib_images` (None = default). Returns a summary on rank 0."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    dist_info = init_distributed(options.get("device", "auto"))
+    try:
+        return _train_supernet(space_spec, data, options, out, name, resume, dist_info)
+    finally:
+        close_logging()
+        shutdown_distributed()
+
+
+def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
+    space = load_space(space_spec)
+    sn_given = {k: options.pop(k) for k in ("strategy", "num_random", "calib_images") if k in options}
+    sn_options = _supernet_options(sn_given)
+    fresh_cfg = TrainConfig.for_arch(space.base, input_size=max(space.input_sizes), **options)
+    train_set, val_set = load_train_val(resolve_data(data))
+    run = open_run("train-supernet", dist_info, out=out, name=name, resume=resume,
+                   default_name=default_run_name(space.name))
+    ckpt = load_resume_checkpoint(run)
+    if ckpt is not None:
+        sn_options = _check_resume(space, ckpt, sn_given, run.resume_from)
+        cfg = resumed_config(ckpt, options, run.resume_from)
+    else:
+        cfg = fresh_cfg
+    log = setup_logging(run.path, dist_info)
+    log.info(("resuming" if ckpt else "run directory") + f" {run.path}")
+
+    seed_everything(cfg.seed)
+    model = Supernet(space, train_set.num_classes)
+    meta = {**model.checkpoint_meta(), "class_names": list(train_set.class_names),
+            "label_to_cat_id": list(train_set.label_to_cat_id), "supernet_options": sn_options}
+    if dist_info.is_main:
+        write_run_config(run.path, {"command": "train-supernet", "space": space.to_dict(),
+                                    "space_fingerprint": space.fingerprint, "data": str(data),
+                                    "world_size": dist_info.world_size, "peak_lr": cfg.peak_lr(dist_info.world_size),
+                                    **sn_options, "train": cfg.to_dict()})
+    sampler = SubnetSampler(space, sn_options["strategy"], seed=cfg.seed, num_random=sn_options["num_random"])
+    evaluator = LandmarkEvaluator(space, train_set, val_set, calib_images=sn_options["calib_images"], seed=cfg.seed,
+                                  device=dist_info.device, batch_size=cfg.eval_batch_size, workers=cfg.workers,
+                                  amp_dtype=resolve_amp(cfg.amp, dist_info.device))
+
+    def write_supernet(epoch: int, weights: dict, metrics: Mapping[str, float]) -> None:
+        save_checkpoint(run.path / SUPERNET_FILE, weights, {**meta, "config": cfg.to_dict()}, epoch=epoch,
+                        metrics=dict(metrics))
+
+    trainer = Trainer(model, SupernetPlan(sampler), cfg, train_set, run.path, dist_info, meta=meta,
+                      evaluator=evaluator, on_epoch_end=write_supernet, logger=log)
+    if ckpt is not None:
+        trainer.load_state(ckpt, run.resume_from)
+    result = trainer.fit()
+    if not dist_info.is_main:
+        return None
+    log.info(f"wrote {run.path / SUPERNET_FILE} after {result.epochs} epochs: "
+             + " ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    return {"run_dir": str(run.path), "epochs": result.epochs, "metrics": result.metrics,
+            "wall_time_s": result.wall_time_s, "space": space.ref()}

@@ -1,0 +1,373 @@
+"""The weight-sharing supernet: dynamic ops, subnet equivalence with the static builder,
+sampling, BN recalibration and gradient locality. Small inputs: it is the weights that matter."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from picodet_nas.errors import SpaceError
+from picodet_nas.models import build_model
+from picodet_nas.space import load_space
+from picodet_nas.summary import count_params
+from supernet import Supernet, SubnetSampler, recalibrate_bn
+from supernet.dynamic import (DynamicBatchNorm2d, DynamicConv2d, DynamicConvBN, DynamicDPModule, DynamicSE,
+                              stacked_prefixes)
+
+SPACES = ("esnet_s", "esnet_m", "esnet_l", "picodet_s_joint", "picodet_m_joint", "picodet_l_joint", "quickstart")
+NUM_CLASSES = 3
+TOL = 1e-5
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def randomize_(model: nn.Module, seed: int) -> nn.Module:
+    """Random non-default weights and non-trivial BN running statistics (activations stay O(1))."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                bound = (3.0 / fan_in) ** 0.5
+                m.weight.copy_((torch.rand(m.weight.shape, generator=g) * 2 - 1) * bound)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+            elif isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+    return model
+
+
+def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    assert [t.shape for t in a] == [t.shape for t in b]
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+def builder_params(arch) -> int:
+    """Parameter count of the network the static builder makes for `arch`."""
+    return count_params(build_model(arch, NUM_CLASSES))
+
+
+def bn_modules(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+def images(seed: int, sizes=(3, 2, 3), side: int = 64) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 3, side, side, generator=g) for b in sizes]
+
+
+def plausible_bn_stats_(model: nn.Module, seed: int) -> nn.Module:
+    """BN running statistics of the model's own activations (cumulative average over one
+    train-mode batch, plain PyTorch), then perturbed: not the defaults, yet each BN output
+    stays O(1), so every layer's weights show in the outputs (with arbitrary statistics the
+    signal fades through the eval-mode BNs and the outputs are nearly constant)."""
+    g = torch.Generator().manual_seed(seed)
+    bns = bn_modules(model).values()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    with torch.no_grad():
+        model.train()(torch.randn(4, 3, 64, 64, generator=g))
+    with torch.no_grad():
+        for bn in bns:
+            bn.momentum = 0.1
+            c = bn.num_features
+            bn.running_var.clamp_(min=bn.running_var.median().item())  # no near-constant channel
+            bn.running_mean.add_(torch.randn(c, generator=g) * 0.2 * bn.running_var.sqrt())
+            bn.running_var.mul_(torch.rand(c, generator=g) * 0.8 + 0.7)
+    return model.eval()
+
+
+_SUPERNETS: dict[str, Supernet] = {}
+
+
+def supernet_of(name: str) -> Supernet:
+    """One randomised supernet per space (largest arch active), shared by the tests of this module."""
+    if name not in _SUPERNETS:
+        seed = SPACES.index(name)
+        sn = randomize_(Supernet(load_space(name), NUM_CLASSES), seed)
+        _SUPERNETS[name] = plausible_bn_stats_(sn, seed)
+    return _SUPERNETS[name]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    _SUPERNETS.clear()
+
+
+# ---- dynamic ops ---------------------------------------------------------------------------
+def test_dynamic_conv_runs_split_channels_and_kernel_centre():
+    torch.manual_seed(0)
+    conv = DynamicConv2d(16, 12, max_kernel=5, bias=True)
+    conv.set_active(in_channels=stacked_prefixes(3, 8), out_channels=5, kernel_size=3)
+    x = torch.randn(2, 6, 9, 9)
+    w = torch.cat([conv.weight[:5, 0:3], conv.weight[:5, 8:11]], dim=1)[:, :, 1:4, 1:4]
+    ref = nn.functional.conv2d(x, w, conv.bias[:5], padding=1)
+    assert torch.allclose(conv(x), ref, atol=1e-6)
+    static = conv.export()
+    assert (static.in_channels, static.out_channels, static.kernel_size, static.padding) == (6, 5, (3, 3), (1, 1))
+    assert torch.allclose(static(x), ref, atol=1e-6)
+    assert static.weight.data_ptr() != conv.weight.data_ptr()
+
+
+def test_dynamic_depthwise_conv_and_convbn_export():
+    torch.manual_seed(0)
+    op = randomize_(DynamicConvBN(8, 8, max_kernel=5, stride=2, depthwise=True), seed=1).eval()
+    op.set_active(6, kernel_size=3)
+    x = torch.randn(2, 6, 11, 11)
+    static = op.export().eval()
+    assert static.conv.groups == 6 and static.conv.kernel_size == (3, 3) and static.conv.stride == (2, 2)
+    assert torch.allclose(op(x), static(x), atol=1e-6)
+    with pytest.raises(ValueError):
+        op.set_active(6, kernel_size=7)
+
+
+def test_dynamic_bn_trains_on_active_channels_only():
+    torch.manual_seed(0)
+    bn = DynamicBatchNorm2d(10)
+    bn.set_active(4)
+    ref = nn.BatchNorm2d(4)
+    x = torch.randn(5, 4, 3, 3) * 2 + 1
+    assert torch.allclose(bn(x), ref(x), atol=1e-6)
+    assert torch.allclose(bn.running_mean[:4], ref.running_mean) and torch.allclose(bn.running_var[:4], ref.running_var)
+    assert torch.all(bn.running_mean[4:] == 0) and torch.all(bn.running_var[4:] == 1)
+    exported = bn.export()
+    assert exported.num_features == 4 and torch.equal(exported.running_mean, bn.running_mean[:4])
+
+
+def test_dynamic_se_and_dp_module_export():
+    torch.manual_seed(0)
+    se = randomize_(DynamicSE(16), seed=2)
+    se.set_active(stacked_prefixes(4, 8))
+    x = torch.randn(2, 8, 5, 5)
+    static = se.export()
+    assert static.reduce.in_channels == 8 and static.reduce.out_channels == 2
+    assert torch.allclose(se(x), static(x), atol=1e-6)
+    dp = randomize_(DynamicDPModule(16, 5, 2), seed=3).eval()
+    dp.set_active(8)
+    assert torch.allclose(dp(x), dp.export().eval()(x), atol=1e-6)
+
+
+# ---- subnet equivalence --------------------------------------------------------------------
+def archs_of(space, n: int, seed: int):
+    """`n` archs: the largest, the smallest, then random ones (every dimension varies)."""
+    rng = random.Random(seed)
+    return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(n - 2)]
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_subnet_equals_extracted_static_network(name):
+    """20 archs per space: supernet (arch active, eval) == extract(arch), with random weights and
+    BN statistics and again after recalibrating both with the same images."""
+    sn = supernet_of(name)
+    space = sn.space
+    calib = images(seed=7, sizes=(2, 2), side=64)
+    for i, arch in enumerate(archs_of(space, 20, seed=SPACES.index(name))):
+        side = arch.input_size if name == "quickstart" else 64
+        x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(i))
+        sn.eval()
+        with torch.no_grad():
+            out = sn(x, arch)
+            static = sn.extract(arch)
+            assert not static.training
+            assert max_diff(out, static(x)) <= TOL, (name, arch.key())
+        assert count_params(static) == builder_params(arch)
+        assert static.arch == arch
+        if i == 2:  # the check is sensitive: one block's width alone moves the outputs far more than TOL
+            ratios = (0.5 if arch.channel_ratio[0] != 0.5 else 1.0,) + arch.channel_ratio[1:]
+            with torch.no_grad():
+                assert max_diff(out, sn(x, arch.replace(channel_ratio=ratios))) > 100 * TOL
+
+        if i % 4 == 0:  # recalibrate subnet and extracted network alike: same statistics, same outputs
+            recalibrate_bn(sn, calib, arch=arch)
+            recalibrate_bn(static, calib)
+            sub_bns = bn_modules(sn)
+            for key, bn in bn_modules(static).items():
+                c = bn.num_features
+                assert torch.allclose(sub_bns[key].running_mean[:c], bn.running_mean, atol=1e-5, rtol=1e-5), key
+                assert torch.allclose(sub_bns[key].running_var[:c], bn.running_var, atol=1e-5, rtol=1e-4), key
+            with torch.no_grad():
+                out = sn(x)
+                assert max_diff(out, static(x)) <= TOL
+                if i == 0:  # extraction carries the recalibrated statistics
+                    assert max_diff(out, sn.extract(arch)(x)) <= TOL
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_largest_arch_is_the_full_supernet(name):
+    sn = supernet_of(name).eval()
+    largest = sn.space.largest()
+    static = build_model(largest, NUM_CLASSES).eval()
+    static.load_state_dict(sn.state_dict())  # strict: same keys, same shapes, nothing sliced
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert max_diff(sn(x, largest), static(x)) <= TOL
+
+
+def test_every_quickstart_input_size():
+    sn = supernet_of("quickstart").eval()
+    space = sn.space
+    rng = random.Random(5)
+    for size in space.input_sizes:
+        arch = space.sample(rng).replace(input_size=size)
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            out = sn(x, arch)
+            assert max_diff(out, sn.extract(arch)(x)) <= TOL
+        assert [o.shape[-1] for o in out] == [-(-size // s) for s in sn.strides]
+        cls, reg, priors = sn.flatten(out)
+        assert cls.shape[-1] == NUM_CLASSES and reg.shape[-1] == 4 * (sn.reg_max + 1)
+        assert priors.shape[0] == cls.shape[1]
+
+
+def test_moving_the_supernet_keeps_the_active_slices():
+    """`.to(...)` rebuilds the cached index tensors of the split channel sets with the weights."""
+    sn = copy.deepcopy(supernet_of("quickstart")).eval()
+    arch = sn.space.smallest()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = sn(x, arch)
+        sn.to(torch.float64)
+        out64 = sn(x.double())
+    assert sn.arch == arch and all(o.dtype == torch.float64 for o in out64)
+    assert max_diff(out, [o.float() for o in out64]) <= 1e-4
+
+
+def test_arch_outside_the_space_is_rejected():
+    sn = supernet_of("quickstart")
+    arch = sn.space.largest()
+    with pytest.raises(SpaceError):
+        sn.set_active(arch.replace(neck_channels=128))
+    with pytest.raises(SpaceError):
+        sn.load_checkpoint_state(sn.state_dict(), {"space": {"fingerprint": "0" * 16}}, "x.pt")
+    sn.load_checkpoint_state(sn.state_dict(), sn.checkpoint_meta(), "x.pt")
+
+
+# ---- sampling ------------------------------------------------------------------------------
+def test_sampling_is_a_function_of_seed_and_step():
+    space = load_space("picodet_s_joint")
+    for strategy in ("uniform", "sandwich"):
+        a, b = SubnetSampler(space, strategy, seed=3), SubnetSampler(space, strategy, seed=3)
+        assert [a.archs_for_step(s) for s in range(10)] == [b.archs_for_step(s) for s in range(10)]
+        assert a.archs_for_step(5) == a.archs_for_step(5)
+        assert len({tuple(a.archs_for_step(s)) for s in range(10)}) == 10
+        assert a.archs_for_step(1) != SubnetSampler(space, strategy, seed=4).archs_for_step(1)
+    uniform = SubnetSampler(space, "uniform", seed=0).archs_for_step(0)
+    assert len(uniform) == 1 and space.contains(uniform[0])
+    sandwich = SubnetSampler(space, "sandwich", seed=0, num_random=3).archs_for_step(0)
+    assert len(sandwich) == 5
+    assert sandwich[0] == space.largest() and sandwich[1] == space.smallest()
+    assert all(space.contains(arch) for arch in sandwich)
+    with pytest.raises(ValueError):
+        SubnetSampler(space, "greedy")
+
+
+# ---- BN recalibration ----------------------------------------------------------------------
+def exact_bn_stats(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """By hand: every BN's input over all images (train mode, batch statistics), concatenated,
+    then its mean and unbiased variance per channel."""
+    model = copy.deepcopy(model).train()
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name, bn in bn_modules(model).items():
+        bn.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, []).append(args[0].double()))
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    stats = {}
+    for name, xs in seen.items():
+        flat = torch.cat([x.transpose(0, 1).reshape(x.shape[1], -1) for x in xs], dim=1)
+        stats[name] = (flat.mean(1), flat.var(1, unbiased=True))
+    return stats
+
+
+def check_exact_stats(model, expected, before):
+    for name, bn in bn_modules(model).items():
+        if name not in expected:  # not part of the subnet: untouched
+            assert torch.equal(bn.running_mean, before[name][0]) and torch.equal(bn.running_var, before[name][1])
+            continue
+        mean, var = expected[name]
+        c = mean.numel()
+        assert torch.allclose(bn.running_mean[:c].double(), mean, atol=1e-5, rtol=1e-5), name
+        assert torch.allclose(bn.running_var[:c].double(), var, atol=1e-5, rtol=1e-4), name
+        assert torch.equal(bn.running_mean[c:], before[name][0][c:]), name  # inactive channels untouched
+        assert torch.equal(bn.running_var[c:], before[name][1][c:]), name
+
+
+def test_recalibration_sets_exact_statistics():
+    sn = copy.deepcopy(supernet_of("quickstart")).eval()
+    arch = sn.space.smallest().replace(head_convs=1, kernel_size=(5,) * 13)
+    sn.set_active(arch)
+    batches = images(seed=11, sizes=(3, 2, 3))  # 8 images, uneven batches
+    used = [batches[0], batches[1], batches[2][:2]]  # num_images=7 cuts the last batch
+    expected = exact_bn_stats(sn, used)
+    assert len(expected) < len(bn_modules(sn))  # the subnet leaves BNs out (head depth 1 of 2)
+    before = {k: (bn.running_mean.clone(), bn.running_var.clone()) for k, bn in bn_modules(sn).items()}
+    tracked = {k: bn.num_batches_tracked.clone() for k, bn in bn_modules(sn).items()}
+    assert recalibrate_bn(sn, batches, num_images=7) == 7
+    check_exact_stats(sn, expected, before)
+    assert not any(m.training for m in sn.modules())
+    assert all(bn.momentum == 0.1 and torch.equal(bn.num_batches_tracked, tracked[k])
+               for k, bn in bn_modules(sn).items())
+
+    static = randomize_(sn.extract(arch), seed=9)  # fresh statistics: recalibration must overwrite them
+    expected = exact_bn_stats(static, used)
+    before = {k: (bn.running_mean.clone(), bn.running_var.clone()) for k, bn in bn_modules(static).items()}
+    assert recalibrate_bn(static, batches, num_images=7) == 7
+    check_exact_stats(static, expected, before)
+
+
+def test_recalibration_resizes_and_rejects_bad_input():
+    sn = supernet_of("quickstart")
+    arch = sn.space.smallest()
+    assert recalibrate_bn(sn, images(seed=1, sizes=(2,), side=96), arch=arch, input_size=64) == 2
+    with pytest.raises(TypeError):
+        recalibrate_bn(sn, [torch.zeros(2, 3, 64, 64, dtype=torch.uint8)])
+    with pytest.raises(ValueError):
+        recalibrate_bn(sn, [])
+
+
+# ---- training: gradients stay on the active slices -----------------------------------------
+def test_gradients_only_on_active_slices():
+    sn = copy.deepcopy(supernet_of("quickstart")).train()
+    rng = random.Random(2)
+    arch = sn.space.sample(rng).replace(head_convs=1, neck_channels=32, channel_ratio=(0.5, 1.0) * 6 + (0.75,))
+    static = sn.extract(arch)
+    assert static.training
+
+    # Which entry of each supernet parameter every static parameter entry comes from: extract a
+    # copy of the supernet whose parameters hold their own flat indices.
+    indexed = copy.deepcopy(sn)
+    with torch.no_grad():
+        for p in indexed.parameters():
+            p.copy_(torch.arange(p.numel(), dtype=p.dtype).view_as(p))
+        indexed.set_active(arch)
+        origin = {k: v.long() for k, v in indexed.active_state_dict().items()}
+
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i)) for i, o in
+               enumerate(static(x))]
+    for model in (sn, static):
+        sum((o * w).sum() for o, w in zip(model(x, arch) if model is sn else model(x), weights)).backward()
+
+    static_params = dict(static.named_parameters())
+    for key, p in sn.named_parameters():
+        if key not in static_params:  # a tower repeat beyond the subnet's depth
+            assert p.grad is None, key
+            continue
+        flat = p.grad.flatten()
+        idx = origin[key].flatten()
+        assert torch.allclose(flat[idx], static_params[key].grad.flatten(), atol=1e-5, rtol=1e-4), key
+        inactive = torch.ones_like(flat, dtype=torch.bool)
+        inactive[idx] = False
+        assert torch.all(flat[inactive] == 0), key
