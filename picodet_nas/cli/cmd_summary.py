@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     if args.latency_table:  # before the FLOP count, so that a wrong table fails fast
         from ..latency import LatencyPredictor
 
-        latency = LatencyPredictor.from_file(args.latency_table).predict(arch)
+        predictor = LatencyPredictor.from_file(args.latency_table)
+        predictor.check_num_classes(args.num_classes)
+        latency = predictor.predict(arch)
     info = summarize(arch, num_classes=args.num_classes)
     if latency is not None:
         info["predicted_latency_ms"] = round(latency, 3)
