@@ -135,7 +135,7 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
     sn_given = {k: options.pop(k) for k in ("strategy", "num_random", "calib_images") if k in options}
     sn_options = _supernet_options(sn_given)
     fresh_cfg = TrainConfig.for_arch(space.base, input_size=max(space.input_sizes), **options)
-    train_set, val_set = load_train_val(resolve_data(data))
+    train_set, val_set = load_train_val(resolve_data(data), announce=dist_info.is_main)
     run = open_run("train-supernet", dist_info, out=out, name=name, resume=resume,
                    default_name=default_run_name(space.name))
     ckpt = load_resume_checkpoint(run)

@@ -1,0 +1,103 @@
+"""What the training benchmarks share: the shapes data, a throughput probe to size epochs to a
+time budget, running `nas retrain` as a subprocess, and reading its learning curve."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+BENCH_ROOT = Path("runs/bench")
+
+
+def ensure_shapes(train: int, val: int, size: int = 320, seed: int = 0, path: Path | None = None) -> Path:
+    """The shapes dataset of these counts (generated once under runs/bench/)."""
+    from picodet_nas.data import make_shapes_dataset
+
+    path = path or BENCH_ROOT / f"shapes-{train}-{val}-{size}-s{seed}"
+    if not (path / "annotations" / "instances_val.json").is_file():
+        print(f"writing shapes dataset {path} ({train} train / {val} val at {size} px)", flush=True)
+        make_shapes_dataset(path, train=train, val=val, image_size=size, seed=seed)
+    return path
+
+
+def count_train_images(data: Path) -> int:
+    from picodet_nas.data import resolve_data
+
+    return len(json.loads(resolve_data(data).train_ann.read_text())["images"])
+
+
+def probe_img_per_s(arch: str | Path, batch: int, input_size: int, threads: int) -> float:
+    """Training images/s of the engine's step (benchmarks/train_throughput.py, 3 timed steps)."""
+    cmd = [sys.executable, str(HERE / "train_throughput.py"), "--arch", str(arch), "--sizes", str(input_size),
+           "--batch", str(batch), "--steps", "3", "--warmup", "1", "--threads", str(threads)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"throughput probe failed:\n{r.stderr[-3000:]}")
+    line = [ln for ln in r.stdout.splitlines() if ln.split() and ln.split()[0] == str(input_size)][-1]
+    return float(line.split()[1])
+
+
+def epochs_for_budget(budget_s: float, img_per_s: float, train_images: int) -> int:
+    """Epochs that fit the budget; 0.9 because augmentation and the larger multi-scale sizes cost
+    a little more than the probe's fixed-size synthetic batches."""
+    return max(1, math.floor(0.9 * budget_s * img_per_s / train_images))
+
+
+def run_retrain(arch: str | Path, data: Path, run_dir: Path, *, input_size: int, epochs: int, batch_size: int,
+                lr: float | None, warmup_iters: int, seed: int, threads: int, workers: int,
+                eval_interval: int = 1) -> float:
+    """`nas retrain` with these explicit settings; returns its wall time in seconds."""
+    cmd = [sys.executable, "-m", "picodet_nas.cli.main", "retrain", str(arch), "--data", str(data),
+           "--input-size", str(input_size), "--epochs", str(epochs), "--batch-size", str(batch_size),
+           "--warmup-iters", str(warmup_iters), "--eval-interval", str(eval_interval), "--workers", str(workers),
+           "--seed", str(seed), "--device", "cpu", "--out", str(run_dir)]
+    if lr is not None:
+        cmd += ["--lr", str(lr)]
+    print(" ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if r.returncode != 0:
+        sys.exit(f"nas retrain failed (exit {r.returncode})")
+    return time.perf_counter() - t0
+
+
+def read_curve(run_dir: Path) -> list[dict]:
+    """Per epoch: cumulative training time (without evaluation), wall time, loss, mAP, mAP50."""
+    curve, train_time = [], 0.0
+    for row in csv.DictReader((run_dir / "metrics.csv").open()):
+        train_time += float(row["epoch_time_s"])
+        point = {"epoch": int(row["epoch"]), "train_time_s": round(train_time, 1),
+                 "wall_time_s": float(row["wall_time_s"]), "loss": float(row["loss"])}
+        if row.get("mAP"):
+            point.update(mAP=float(row["mAP"]), mAP50=float(row["mAP50"]))
+        curve.append(point)
+    return curve
+
+
+def print_curve(curve: list[dict]) -> None:
+    print(f"{'epoch':>5} {'train s':>8} {'loss':>7} {'mAP':>7} {'mAP50':>7}")
+    for p in curve:
+        print(f"{p['epoch']:>5} {p['train_time_s']:>8.0f} {p['loss']:>7.3f} {p.get('mAP', float('nan')):>7.4f} "
+              f"{p.get('mAP50', float('nan')):>7.4f}")
+
+
+def write_result(path: str | None, result: dict) -> None:
+    if not path:
+        return
+    result = {**result, "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                                    "torch": torch.__version__},
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")

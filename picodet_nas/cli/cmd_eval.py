@@ -1,0 +1,39 @@
+"""nas eval ARCH --weights CKPT --data DIR [--input-size N] [--out DIR]"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="COCO mAP of a checkpoint on a dataset's validation split",
+        description="Evaluate a checkpoint (model.pt, best.pt or last.pt of a retrain; their EMA weights) on the "
+        "validation split of a COCO-format dataset with the evaluation preprocessing and post-processing of "
+        "training, and write metrics.json (coco: the twelve COCO bbox numbers; params; flops) into the run "
+        "directory runs/eval/<name>.",
+    )
+    p.add_argument("arch", help="the checkpoint's architecture: a preset or an architecture YAML")
+    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint to evaluate")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="COCO-format dataset (COCO 2017 or simple layout); its validation split is used")
+    p.add_argument("--input-size", type=int, help="evaluate at this input size (default: the architecture's)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8, as in training)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default: 2)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/eval/<name>)")
+    p.add_argument("--name", help="run name under runs/eval (default: the checkpoint's folder and a timestamp)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.retrain import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.arch, args.weights, args.data, out=args.out, name=args.name,
+                                  input_size=args.input_size, batch_size=args.batch_size, workers=args.workers,
+                                  device=args.device)
+    coco = metrics["coco"]
+    print(f"mAP {coco['mAP']:.4f}  mAP50 {coco['mAP50']:.4f}  mAP75 {coco['mAP75']:.4f}  "
+          f"on {metrics['images']} images; wrote {metrics['run_dir']}/metrics.json")
+    return 0

@@ -1,0 +1,45 @@
+"""nas train-supernet --space SPACE --data DIR [-c CONFIG] [--strategy uniform|sandwich] [--epochs N] ..."""
+
+from __future__ import annotations
+
+import argparse
+
+from .cmd_retrain import TRAIN_OPTIONS, add_training_flags, merged_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train-supernet",
+        help="train a search space's weight-sharing supernet one-shot on the detection data",
+        description="Train the supernet of a search space with the PicoDet recipe. Each step trains the subnets "
+        "the sampling strategy draws (uniform: one random subnet per step; sandwich: largest, smallest and "
+        "--num-random random ones), each at its own input size. Every evaluation recalibrates BN and scores the "
+        "largest and the smallest subnet. Writes supernet.pt (for nas evolve), last.pt (resumable exactly) and "
+        "metrics.csv. Multi-GPU or multi-process: launch with torchrun.",
+    )
+    p.add_argument("--space", help="search space: a name in search_spaces/ (e.g. esnet_s, quickstart) or a YAML file")
+    add_training_flags(p, "train-supernet")
+    p.add_argument("--strategy", choices=("uniform", "sandwich"),
+                   help="subnets per step: uniform (one random; default) or sandwich (largest + smallest + random)")
+    p.add_argument("--num-random", type=int, help="random subnets per sandwich step (default: 2)")
+    p.add_argument("--calib-images", type=int, metavar="N",
+                   help="training images for the BN recalibration before each evaluation (default: 2000)")
+    p.set_defaults(handler=run, parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from supernet.train import train_supernet
+
+    from ..errors import UserError
+
+    values = merged_options(args.parser, args)
+    for key in ("space", "data"):
+        if not values.get(key):
+            raise UserError(f"--{key} is required (on the command line or in the -c config file)")
+    options = {k: values[k] for k in (*TRAIN_OPTIONS, "strategy", "num_random", "calib_images") if k in values}
+    summary = train_supernet(values["space"], values["data"], options=options, out=values.get("out"),
+                             name=values.get("name"), resume=args.resume)
+    if summary is not None:
+        scores = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
+        print(f"{summary['run_dir']}: {summary['epochs']} epochs, {summary['wall_time_s']:.0f} s  {scores}")
+    return 0

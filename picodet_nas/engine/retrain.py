@@ -1,0 +1,235 @@
+"""`nas retrain` and `nas eval`: train a static PicoDet with the full recipe, then evaluate,
+export and summarise it; or score a checkpoint on a dataset's validation split.
+
+A retrain run directory ends up holding `config.yaml`, `train.log`, `metrics.csv`, `last.pt`,
+`best.pt`, `model.pt` (the final EMA weights and what is needed to use them: architecture,
+classes, category ids), `model.onnx` (with post-processing: image in, detections out) and
+`metrics.json` (the design's key names: `coco`, `params`, `flops`, `epochs`, `wall_time_s`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..arch import Arch, load_arch_file, resolve_arch
+from ..checkpoint import apply_state, load_checkpoint, save_checkpoint
+from ..data import CocoDetection, resolve_data
+from ..errors import CheckpointError, DataError, UserError
+from ..evaluation import STAT_KEYS
+from ..models import PicoDet, build_model
+from ..utils.io import atomic_write_json
+from ..utils.rundir import default_run_name, prepare_run_dir
+from .config import TrainConfig
+from .distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
+from .evaluate import EVAL_BATCH_SIZE, evaluate_coco
+from .plan import StaticPlan
+from .session import (close_logging, load_resume_checkpoint, load_split, load_train_val, open_run,
+                      resumed_config, setup_logging, write_run_config)
+from .state import seed_everything
+from .trainer import Trainer, resolve_amp
+
+MODEL_FILE = "model.pt"
+ONNX_FILE = "model.onnx"
+METRICS_FILE = "metrics.json"
+
+
+class CocoEvaluator:
+    """Evaluator of a static model: the twelve COCO numbers on the validation split."""
+
+    names = STAT_KEYS
+
+    def __init__(self, dataset: CocoDetection, input_size: int, device: torch.device, *, batch_size: int,
+                 workers: int, amp_dtype: torch.dtype | None):
+        self.dataset, self.input_size, self.device = dataset, input_size, device
+        self.batch_size, self.workers, self.amp_dtype = batch_size, workers, amp_dtype
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_coco(model, self.dataset, self.input_size, device=self.device, batch_size=self.batch_size,
+                             workers=self.workers, amp_dtype=self.amp_dtype, progress=True)
+
+
+def model_meta(arch: Arch, dataset: CocoDetection) -> dict[str, Any]:
+    """What a checkpoint needs so that a model can be used without the training data."""
+    return {"kind": "picodet", "arch": arch.to_dict(), "num_classes": dataset.num_classes,
+            "class_names": list(dataset.class_names), "label_to_cat_id": list(dataset.label_to_cat_id)}
+
+
+def _search_provenance(arch_spec: str | Path | Arch) -> dict[str, Any]:
+    """Latency figures a search result (`best.yaml`) carries into `metrics.json`."""
+    if isinstance(arch_spec, Arch) or not Path(arch_spec).is_file():
+        return {}
+    _, doc = load_arch_file(arch_spec)
+    scores = doc.get("scores") if isinstance(doc.get("scores"), dict) else {}
+    provenance = doc.get("provenance") if isinstance(doc.get("provenance"), dict) else {}
+    out = {}
+    if isinstance(scores.get("predicted_latency_ms"), (int, float)):
+        out["predicted_latency_ms"] = float(scores["predicted_latency_ms"])
+    budget = provenance.get("latency_budget_ms", provenance.get("budget_ms"))
+    if isinstance(budget, (int, float)):
+        out["latency_budget_ms"] = float(budget)
+    return out
+
+
+def _arch_for_run(arch_spec: str | Path | Arch, input_size: int | None, ckpt: Mapping[str, Any] | None) -> Arch:
+    arch = resolve_arch(arch_spec, input_size)
+    if ckpt is None:
+        return arch
+    saved = Arch.from_dict(ckpt["meta"]["arch"], source="checkpoint")
+    if input_size is None:
+        arch = arch.replace(input_size=saved.input_size)
+    if arch != saved:
+        raise UserError(f"architecture {arch_spec} ({arch.key()}) is not the one of the resumed run ({saved.key()})")
+    return arch
+
+
+def retrain(arch_spec: str | Path | Arch, data: str | Path, *, options: Mapping[str, Any] | None = None,
+            out: str | None = None, name: str | None = None, resume: Any = None,
+            measure_latency: bool = False) -> dict[str, Any] | None:
+    """Train `arch_spec` on `data` and write the run's outputs; returns `metrics.json`'s content
+    on rank 0 (None on other ranks).
+
+    options: `TrainConfig` fields (None = the published default), including `input_size`.
+    resume:  None (new run), True (the run named by out/name, or the latest) or a run path.
+    measure_latency: time `model.onnx`'s network with ONNX Runtime for `measured_latency_ms`.
+    """
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    dist_info = init_distributed(options.get("device", "auto"))
+    try:
+        return _retrain(arch_spec, data, options, out, name, resume, dist_info, measure_latency)
+    finally:
+        close_logging()
+        shutdown_distributed()
+
+
+def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, measure_latency: bool):
+    input_size = options.get("input_size")
+    arch = resolve_arch(arch_spec, input_size)  # a bad ARCH fails before the data is read
+    fresh_cfg = TrainConfig.for_arch(arch, **options)
+    train_set, val_set = load_train_val(resolve_data(data), announce=dist_info.is_main)
+    stem = Path(str(arch_spec)).stem if not isinstance(arch_spec, Arch) else "arch"
+    run = open_run("retrain", dist_info, out=out, name=name, resume=resume,
+                   default_name=default_run_name(stem), finished_marker=METRICS_FILE)
+    ckpt = load_resume_checkpoint(run)
+    arch = _arch_for_run(arch_spec, input_size, ckpt)
+    cfg = fresh_cfg if ckpt is None else resumed_config(ckpt, options, run.resume_from)
+    log = setup_logging(run.path, dist_info)
+    log.info(("resuming" if ckpt else "run directory") + f" {run.path}")
+
+    meta = model_meta(arch, train_set)
+    if dist_info.is_main:
+        write_run_config(run.path, {"command": "retrain", "arch": arch.to_dict(), "data": str(data),
+                                    "world_size": dist_info.world_size, "peak_lr": cfg.peak_lr(dist_info.world_size),
+                                    "train": cfg.to_dict()})
+    seed_everything(cfg.seed)
+    model = build_model(arch, train_set.num_classes)
+    amp_dtype = resolve_amp(cfg.amp, dist_info.device)
+    evaluator = CocoEvaluator(val_set, arch.input_size, dist_info.device, batch_size=cfg.eval_batch_size,
+                              workers=cfg.workers, amp_dtype=amp_dtype)
+    trainer = Trainer(model, StaticPlan(arch.input_size), cfg, train_set, run.path, dist_info, meta=meta,
+                      evaluator=evaluator, best_metric="mAP", logger=log)
+    if ckpt is not None:
+        trainer.load_state(ckpt, run.resume_from)
+    result = trainer.fit()
+    if not dist_info.is_main:
+        return None
+    metrics = finalize(run.path, arch, meta, result.weights, result.metrics, epochs=result.epochs,
+                       wall_time_s=result.wall_time_s, best=result.best, extra=_search_provenance(arch_spec),
+                       measure_latency=measure_latency)
+    log.info(f"mAP {metrics['coco']['mAP']:.4f} (mAP50 {metrics['coco']['mAP50']:.4f}) after {result.epochs} epochs; "
+             f"wrote {run.path / MODEL_FILE}, {run.path / ONNX_FILE}, {run.path / METRICS_FILE}")
+    return metrics
+
+
+def finalize(run_dir: Path, arch: Arch, meta: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
+             coco: Mapping[str, float], *, epochs: int, wall_time_s: float, best: Mapping[str, Any] | None,
+             extra: Mapping[str, Any], measure_latency: bool) -> dict[str, Any]:
+    """model.pt, model.onnx and metrics.json (written last: its presence marks a complete run)."""
+    from ..export import export_onnx
+    from ..summary import summarize
+
+    save_checkpoint(run_dir / MODEL_FILE, weights, meta, epoch=epochs, metrics=dict(coco))
+    model = build_model(arch, meta["num_classes"])
+    apply_state(model, weights, run_dir / MODEL_FILE)
+    export_onnx(model, run_dir / ONNX_FILE, input_size=arch.input_size, postprocess=True)
+    info = summarize(arch, num_classes=meta["num_classes"], model=model)
+    metrics: dict[str, Any] = {"coco": dict(coco), "params": info["params"], "flops": info["flops"],
+                               "epochs": epochs, "wall_time_s": round(wall_time_s, 3),
+                               "input_size": arch.input_size, "arch": arch.to_dict(), "best": best, **extra}
+    if measure_latency:
+        from ..latency import measure_latency as measure
+
+        metrics["measured_latency_ms"] = round(measure(arch, num_classes=meta["num_classes"])["latency_ms"], 3)
+    if "latency_budget_ms" in metrics and "measured_latency_ms" in metrics:
+        metrics["budget_met"] = metrics["measured_latency_ms"] <= metrics["latency_budget_ms"]
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+# ---- nas eval ------------------------------------------------------------------------------
+def load_trained_model(arch_spec: str | Path | Arch, weights: str | Path, input_size: int | None = None
+                       ) -> tuple[PicoDet, dict[str, Any], dict[str, Any]]:
+    """`build_model(arch)` with a checkpoint's weights (the EMA weights of a training checkpoint),
+    in eval mode; with the checkpoint's meta and the whole checkpoint."""
+    arch = resolve_arch(arch_spec, input_size)
+    ckpt = load_checkpoint(weights)
+    meta = ckpt["meta"]
+    if meta.get("kind") == "supernet":
+        raise CheckpointError(f"{weights}: a supernet checkpoint; retrain a subnet with `nas retrain` first")
+    num_classes = meta.get("num_classes")
+    if not isinstance(num_classes, int):
+        raise CheckpointError(f"{weights}: checkpoint meta lacks num_classes")
+    model = build_model(arch, num_classes)
+    apply_state(model, ckpt.get("ema") or ckpt["model"], weights)
+    return model.eval(), meta, ckpt
+
+
+def label_mapping(meta: Mapping[str, Any], dataset: CocoDetection, weights: str | Path) -> Sequence[int]:
+    """The model's labels as the dataset's category ids: from the checkpoint, checked against the data."""
+    mapping = meta.get("label_to_cat_id")
+    if mapping is None:
+        if meta["num_classes"] != dataset.num_classes:
+            raise DataError(f"{weights} predicts {meta['num_classes']} classes, {dataset.ann_file} has "
+                            f"{dataset.num_classes} categories")
+        return dataset.label_to_cat_id
+    unknown = sorted(set(mapping) - set(dataset.label_to_cat_id))
+    if unknown:
+        raise DataError(f"{weights} was trained on category ids {mapping}; {dataset.ann_file} lacks id {unknown[0]}")
+    return mapping
+
+
+def evaluate_checkpoint(arch_spec: str | Path | Arch, weights: str | Path, data: str | Path, *,
+                        out: str | None = None, name: str | None = None, input_size: int | None = None,
+                        batch_size: int = EVAL_BATCH_SIZE, workers: int = 2, device: str = "auto"
+                        ) -> dict[str, Any]:
+    """COCO numbers of a checkpoint on the validation split; writes `metrics.json` in the run dir
+    (the same numbers a retrain of these weights reported, with the same batch size)."""
+    dev = torch.device(resolve_device(device))
+    model, meta, ckpt = load_trained_model(arch_spec, weights, input_size)
+    paths = resolve_data(data)
+    dataset = load_split(paths.val_ann, paths.val_images)
+    mapping = label_mapping(meta, dataset, weights)
+    stem = Path(str(weights)).parent.name or "model"
+    run = prepare_run_dir("eval", out=out, name=name, default_name=default_run_name(stem))
+    t0 = time.perf_counter()
+    coco = evaluate_coco(model.to(dev), dataset, model.arch.input_size, device=dev, batch_size=batch_size,
+                         workers=workers, label_to_cat_id=mapping, progress=True)
+    from ..summary import summarize
+
+    info = summarize(model.arch, num_classes=meta["num_classes"], model=model.cpu())
+    metrics = {"coco": coco, "params": info["params"], "flops": info["flops"], "epochs": ckpt.get("epoch"),
+               "wall_time_s": round(time.perf_counter() - t0, 3), "input_size": model.arch.input_size,
+               "arch": model.arch.to_dict(), "weights": str(weights), "data": str(paths.val_ann),
+               "images": len(dataset)}
+    write_run_config(run.path, {"command": "eval", "arch": model.arch.to_dict(), "weights": str(weights),
+                                "data": str(paths.val_ann), "images": str(paths.val_images), "batch_size": batch_size,
+                                "device": str(dev)})
+    atomic_write_json(run.path / METRICS_FILE, metrics)
+    with open(run.path / "eval.log", "a", encoding="utf-8") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {weights} on {paths.val_ann} ({len(dataset)} images): "
+                  + " ".join(f"{k} {v:.4f}" for k, v in coco.items()) + "\n")
+    metrics["run_dir"] = str(run.path)
+    return metrics

@@ -1,0 +1,336 @@
+"""The one training loop of picodet-nas: static PicoDets (`nas retrain`) and the supernet
+(`nas train-supernet`) both run through `Trainer.fit`.
+
+Per step: the LR from the schedule, then every `NetworkPass` the `StepPlan` names for the step
+(forward at its own input size, PicoDet loss, backward; gradients accumulate), one SGD step,
+one cycle-EMA update. Per epoch end: the EMA weights are evaluated (when due) by the caller's
+`Evaluator`, `best.pt` is kept on the caller's metric, `last.pt` holds everything needed to
+continue exactly (model, EMA, optimiser, grad scaler, RNG states, epoch, step, metric history),
+and `metrics.csv` is rewritten from that history.
+
+Exact resume: the data loader is a pure function of (seed, epoch, rank), the LR a pure function
+of the step, the subnets a pure function of the step; everything else is in `last.pt`. A run
+killed anywhere restarts the interrupted epoch from its beginning and ends with bit-identical
+weights. Files are written by rank 0 only, each atomically, in the order best.pt -> last.pt ->
+metrics.csv, so a crash between two writes is repaired by the replayed epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..checkpoint import apply_state, save_checkpoint
+from ..data import CocoDetection, build_train_loader
+from ..errors import CheckpointError, UserError
+from ..losses import PicoDetLoss
+from ..models import flatten_outputs
+from ..utils.io import atomic_write_text
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_mean, barrier
+from .ema import CycleEMA
+from .evaluate import autocast
+from .optim import build_optimizer, set_lr
+from .plan import StepPlan, pass_size, resize_batch
+from .schedule import LRSchedule
+from .state import capture_rng, restore_rng
+
+LOSS_KEYS = ("loss", "loss_vfl", "loss_giou", "loss_dfl")
+TRAIN_COLUMNS = ("epoch", "step", "lr", *LOSS_KEYS, "num_pos", "img_per_s", "epoch_time_s", "wall_time_s")
+TIME_COLUMNS = ("img_per_s", "epoch_time_s", "wall_time_s")
+
+
+class Evaluator(Protocol):
+    """Scores a model holding the epoch's (EMA) weights; may change it freely (it is a copy)."""
+
+    names: Sequence[str]  # the metric columns it returns, fixed for the run
+
+    def __call__(self, model: nn.Module) -> Mapping[str, float]: ...
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: the recipe (usually the LR) does not suit this run."""
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    weights: dict[str, torch.Tensor]  # the final deploy weights (EMA when enabled)
+    history: list[dict[str, Any]]
+    metrics: dict[str, float]  # the last evaluation
+    best: dict[str, Any] | None
+    wall_time_s: float
+
+
+@dataclass
+class _Progress:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimiser steps
+    wall_time_s: float = 0.0  # training + evaluation time over all sessions of the run
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """'auto': bf16 on a GPU that has it, else fp16; no mixed precision on a CPU."""
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Trainer:
+    """Trains `model` on `train_set` as `plan` and `cfg` say, writing into `run_dir`.
+
+    model:       a `PicoDet` or a `Supernet` (anything whose forward gives per-level outputs
+                 and that has `num_classes`), on the CPU; the trainer moves it to the device.
+    evaluator:   scores the epoch's weights on rank 0 (None: no evaluation).
+    best_metric: the evaluator's metric that `best.pt` follows (None: no best.pt).
+    meta:        plain data saved in every checkpoint (architecture, classes, space...).
+    on_epoch_end(epoch, weights, metrics): rank 0 only, after evaluation, before last.pt;
+                 e.g. to write `supernet.pt`.
+    """
+
+    def __init__(self, model: nn.Module, plan: StepPlan, cfg: TrainConfig, train_set: CocoDetection,
+                 run_dir: str | Path, dist_info: DistInfo, *, meta: Mapping[str, Any],
+                 evaluator: Evaluator | None = None, best_metric: str | None = None,
+                 on_epoch_end: Callable[[int, dict, Mapping[str, float]], None] | None = None,
+                 logger: logging.Logger | None = None):
+        self.cfg = cfg
+        self.plan = plan
+        self.train_set = train_set
+        self.run_dir = Path(run_dir)
+        self.dist = dist_info
+        self.meta = dict(meta)
+        self.evaluator = evaluator
+        self.best_metric = best_metric
+        self.on_epoch_end = on_epoch_end
+        self.log = logger or logging.getLogger("picodet_nas.run")
+        self.device = dist_info.device
+        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+
+        self.model = model.to(self.device)
+        self.num_classes = model.num_classes
+        # The evaluation copy is made before DDP wraps the model (DDP hooks must not be copied).
+        self._eval_model = copy.deepcopy(self.model) if (dist_info.is_main and evaluator is not None) else None
+        if dist_info.enabled:
+            ids = [dist_info.local_rank] if self.device.type == "cuda" else None
+            self.net: nn.Module = DistributedDataParallel(self.model, device_ids=ids,
+                                                          find_unused_parameters=plan.find_unused_parameters)
+        else:
+            self.net = self.model
+        self.peak_lr = cfg.peak_lr(dist_info.world_size)
+        self.iters_per_epoch = len(self._loader(0))
+        self.schedule = LRSchedule(self.peak_lr, self.iters_per_epoch, cfg.cosine_epochs, cfg.warmup_iters,
+                                   cfg.warmup_start)
+        self.optimizer = build_optimizer(self.model, self.schedule(0), cfg.momentum, cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = CycleEMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_cycle_epochs) if cfg.ema else None
+        self.loss_fn = PicoDetLoss(self.num_classes)
+        self.progress = _Progress()
+        self._final_weights: dict[str, torch.Tensor] = {}
+        self.metric_names = tuple(evaluator.names) if evaluator is not None else ()
+
+    # ---- data -----------------------------------------------------------------------
+    def _loader(self, epoch: int):
+        c = self.cfg
+        return build_train_loader(self.train_set, c.batch_size, c.train_sizes, workers=c.workers, seed=c.seed,
+                                  epoch=epoch, rank=self.dist.rank, world_size=self.dist.world_size)
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def state(self, weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """Everything `last.pt` holds besides `meta` and the raw `model` weights."""
+        p = self.progress
+        return {
+            "ema": {k: v.detach().cpu() for k, v in weights.items()},
+            "ema_state": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng(),
+            "epoch": p.epoch,
+            "step": p.step,
+            "wall_time_s": p.wall_time_s,
+            "history": p.history,
+            "best": p.best,
+            "config": self.cfg.to_dict(),
+            "world_size": self.dist.world_size,
+        }
+
+    def load_state(self, ckpt: Mapping[str, Any], source: str | Path) -> None:
+        """Continue from a `last.pt` written by this trainer (same config, same world size)."""
+        if ckpt.get("world_size", 1) != self.dist.world_size:
+            raise CheckpointError(f"{source}: trained with {ckpt.get('world_size')} process(es), this run has "
+                                  f"{self.dist.world_size}; resume with the same number (the global batch is part "
+                                  f"of the recipe)")
+        apply_state(self.model, ckpt["model"], source)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema_state"])
+        restore_rng(ckpt["rng"])
+        self.progress = _Progress(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]),
+                                  wall_time_s=float(ckpt["wall_time_s"]), history=list(ckpt["history"]),
+                                  best=ckpt["best"])
+        self._final_weights = ckpt["ema"]
+
+    def _write_metrics_csv(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=[*TRAIN_COLUMNS, *self.metric_names], extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        for row in self.progress.history:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+
+    # ---- the loop -------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        cfg, p = self.cfg, self.progress
+        if p.epoch >= cfg.epochs:
+            self.log.info(f"all {cfg.epochs} epochs were already trained")
+            return self._result(self._final_weights)
+        self.log.info(f"training {cfg.epochs - p.epoch} epoch(s) from epoch {p.epoch + 1}: "
+                      f"{self.iters_per_epoch} steps/epoch, {cfg.batch_size} images/step/process x "
+                      f"{self.dist.world_size} process(es), peak lr {self.peak_lr:.4g}, device {self.device}"
+                      + (f", amp {self.amp_dtype}" if self.amp_dtype else ""))
+        self.model.train()
+        weights: dict[str, torch.Tensor] = {}
+        session_start, session_wall = time.perf_counter(), p.wall_time_s
+        for epoch in range(p.epoch, cfg.epochs):
+            losses = self._train_epoch(epoch)
+            weights = self.ema.end_epoch(self.model) if self.ema else {
+                k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            metrics = self._evaluate(epoch, weights)
+            p.epoch, p.wall_time_s = epoch + 1, session_wall + time.perf_counter() - session_start
+            row = {"epoch": epoch + 1, "step": p.step, "lr": self.schedule(max(p.step - 1, 0)), **losses,
+                   "wall_time_s": round(p.wall_time_s, 3), **{k: metrics.get(k) for k in self.metric_names}}
+            p.history.append(row)
+            if self.dist.is_main:
+                self._end_epoch_files(epoch, weights, metrics)
+            self._log_epoch(row, metrics)
+            barrier(self.dist)
+        return self._result(weights)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, p = self.cfg, self.progress
+        loader = self._loader(epoch)
+        sums = dict.fromkeys((*LOSS_KEYS, "num_pos"), 0.0)
+        images_seen, t0 = 0, time.perf_counter()
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                   file=sys.stderr, disable=None if self.dist.is_main else True)
+        try:
+            for i, (images, targets) in enumerate(loader):
+                parts = self.train_step(images, targets)
+                for k in sums:
+                    sums[k] += parts[k]
+                images_seen += images.shape[0] * self.dist.world_size
+                elapsed = time.perf_counter() - t0
+                left = (cfg.epochs - epoch) * self.iters_per_epoch - (i + 1)
+                eta = elapsed / (i + 1) * left
+                stats = {"loss": parts["loss"], "vfl": parts["loss_vfl"], "giou": parts["loss_giou"],
+                         "dfl": parts["loss_dfl"], "lr": self.schedule(p.step - 1)}
+                bar.set_postfix({**{k: f"{v:.4g}" for k, v in stats.items()},
+                                 "img/s": f"{images_seen / elapsed:.1f}", "eta": _fmt_duration(eta)}, refresh=False)
+                bar.update()
+                if (i + 1) % cfg.log_interval == 0:
+                    self.log.debug(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{len(loader)} (global {p.step}) "
+                                   + " ".join(f"{k} {v:.4f}" for k, v in stats.items())
+                                   + f" img/s {images_seen / elapsed:.1f} eta {_fmt_duration(eta)}")
+        finally:
+            bar.close()
+        n = len(loader)
+        means = all_reduce_mean(self.dist, [sums[k] / n for k in (*LOSS_KEYS, "num_pos")])
+        epoch_time = time.perf_counter() - t0
+        return {**{k: round(v, 6) for k, v in zip((*LOSS_KEYS, "num_pos"), means)},
+                "img_per_s": round(images_seen / epoch_time, 2), "epoch_time_s": round(epoch_time, 3)}
+
+    def train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
+        """One optimiser step on a batch (as the loader gives it); returns the loss parts,
+        averaged over the step's networks."""
+        p = self.progress
+        set_lr(self.optimizer, self.schedule(p.step))
+        self.optimizer.zero_grad(set_to_none=True)
+        images = images.to(self.device, non_blocking=True)
+        boxes = [t["boxes"].to(self.device) for t in targets]
+        labels = [t["labels"].to(self.device) for t in targets]
+        passes = self.plan.networks(p.step)
+        totals = dict.fromkeys((*LOSS_KEYS, "num_pos"), 0.0)
+        for net_pass in passes:
+            size = pass_size(images.shape[-1], self.plan.base_input_size, net_pass.input_size)
+            x, bx = resize_batch(images, boxes, size)
+            with autocast(self.device, self.amp_dtype):
+                outs = self.net(x) if net_pass.arch is None else self.net(x, net_pass.arch)
+            cls_logits, reg_logits, priors = flatten_outputs([o.float() for o in outs], self.num_classes)
+            loss, parts = self.loss_fn(cls_logits, reg_logits, priors, bx, labels)
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at step {p.step + 1} "
+                                       f"(lr {self.schedule(p.step):.4g}); lower --lr or lengthen the warm-up")
+            self.scaler.scale(loss).backward()
+            totals["loss"] += loss.item()
+            for k in ("loss_vfl", "loss_giou", "loss_dfl", "num_pos"):
+                totals[k] += parts[k]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        p.step += 1
+        return {k: v / len(passes) for k, v in totals.items()}
+
+    # ---- epoch end ------------------------------------------------------------------
+    def _evaluate(self, epoch: int, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        due = (epoch + 1) % self.cfg.eval_interval == 0 or epoch + 1 == self.cfg.epochs
+        if not (due and self.dist.is_main and self.evaluator is not None):
+            return {}
+        self._eval_model.load_state_dict(weights)
+        t0 = time.perf_counter()
+        metrics = dict(self.evaluator(self._eval_model))
+        self.log.debug(f"evaluation took {time.perf_counter() - t0:.1f} s")
+        return metrics
+
+    def _end_epoch_files(self, epoch: int, weights: dict[str, torch.Tensor], metrics: Mapping[str, float]) -> None:
+        p = self.progress
+        cpu_weights = {k: v.detach().cpu() for k, v in weights.items()}
+        if self.best_metric and self.best_metric in metrics:
+            value = metrics[self.best_metric]
+            if p.best is None or value > p.best["value"]:
+                p.best = {"metric": self.best_metric, "value": value, "epoch": epoch + 1}
+                save_checkpoint(self.run_dir / "best.pt", cpu_weights, self.meta, epoch=epoch + 1,
+                                metrics=dict(metrics))
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(epoch + 1, cpu_weights, metrics)
+        raw = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        save_checkpoint(self.run_dir / "last.pt", raw, self.meta, **self.state(cpu_weights))
+        self._write_metrics_csv()
+
+    def _log_epoch(self, row: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        text = (f"epoch {row['epoch']}/{self.cfg.epochs} loss {row['loss']:.4f} (vfl {row['loss_vfl']:.4f} "
+                f"giou {row['loss_giou']:.4f} dfl {row['loss_dfl']:.4f}) lr {row['lr']:.4g} "
+                f"{row['img_per_s']:.1f} img/s, {row['epoch_time_s']:.1f} s")
+        if metrics:
+            text += " | " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("mAP", "mAP50")))
+        self.log.info(text)
+
+    def _result(self, weights: Mapping[str, torch.Tensor]) -> FitResult:
+        p = self.progress
+        evaluated = [r for r in p.history if any(r.get(k) is not None for k in self.metric_names)]
+        metrics = {k: evaluated[-1][k] for k in self.metric_names} if evaluated else {}
+        return FitResult(epochs=p.epoch, weights={k: v.detach().cpu() for k, v in weights.items()},
+                         history=p.history, metrics=metrics, best=p.best, wall_time_s=p.wall_time_s)

@@ -1,0 +1,97 @@
+"""`nas train-supernet` on a tiny space: supernet.pt with the space fingerprint, metrics.csv with
+the largest/smallest subnets' mAP, exact resume after SIGKILL, a checkpoint of another space
+refused, torchrun with two processes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from engine_helpers import (TINY_SPACE, TINY_TRAIN, assert_same_state, kill_mid_epoch, metric_rows, nas,
+                            one_line_error, popen_nas, shapes, torchrun, write)
+from picodet_nas.space import SearchSpace
+
+SUPERNET_TRAIN = [*TINY_TRAIN, "--calib-images", "8"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("supernet")
+    shapes(root / "data", train=16, val=8)
+    write(root / "tiny_space.yaml", TINY_SPACE)
+    write(root / "other_space.yaml", TINY_SPACE.replace("neck_channels: [16, 24]", "neck_channels: [16, 32]"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sandwich_run(work) -> Path:
+    r = nas("train-supernet", "--space", "tiny_space.yaml", "--data", "data", *SUPERNET_TRAIN,
+            "--strategy", "sandwich", "--num-random", "1", "--out", "sandwich", cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return work / "sandwich"
+
+
+def test_supernet_checkpoint_and_landmark_metrics(work, sandwich_run):
+    space = SearchSpace.from_dict(yaml.safe_load(TINY_SPACE))
+    ckpt = torch.load(sandwich_run / "supernet.pt", map_location="cpu", weights_only=True)
+    meta = ckpt["meta"]
+    assert meta["kind"] == "supernet" and meta["space"] == {"name": "tiny", "fingerprint": space.fingerprint}
+    assert meta["config"]["epochs"] == 2 and meta["supernet_options"]["strategy"] == "sandwich"
+    assert meta["label_to_cat_id"] == [1, 2, 3, 5, 8, 13]
+    last = torch.load(sandwich_run / "last.pt", map_location="cpu", weights_only=True)
+    assert_same_state(ckpt["model"], last["ema"])  # supernet.pt holds the EMA weights
+    assert last["step"] == 2 * 8
+    rows = list(csv.DictReader((sandwich_run / "metrics.csv").open()))
+    assert len(rows) == 2
+    for key in ("largest_mAP", "largest_mAP50", "smallest_mAP", "smallest_mAP50"):
+        assert 0.0 <= float(rows[-1][key]) <= 1.0
+    log = (sandwich_run / "train.log").read_text()
+    assert "largest_mAP" in log and "smallest_mAP" in log
+
+
+def test_checkpoint_of_another_space_is_refused(work, sandwich_run):
+    line = one_line_error(nas("train-supernet", "--space", "other_space.yaml", "--data", "data",
+                              "--resume", str(sandwich_run), cwd=work))
+    assert "belongs to another search space" in line and "last.pt" in line
+
+
+def test_config_file_and_unknown_key(work):
+    write(work / "bad.yaml", "space: tiny_space.yaml\nepoch: 2\n")
+    line = one_line_error(nas("train-supernet", "-c", "bad.yaml", "--data", "data", cwd=work))
+    assert "unknown key 'epoch' (did you mean 'epochs'?)" in line
+    write(work / "bad2.yaml", "space: tiny_space.yaml\nstrategy: greedy\n")
+    assert "strategy: 'greedy' is not one of" in one_line_error(
+        nas("train-supernet", "-c", "bad2.yaml", "--data", "data", cwd=work))
+
+
+def test_sigkill_then_resume_continues_from_the_last_checkpoint(work):
+    """Uniform sampling from a -c config file; the resumed run matches an uninterrupted one."""
+    write(work / "cfg.yaml", "space: tiny_space.yaml\nepochs: 3\nbatch-size: 2\nlr: 2e-2\nstrategy: uniform\n")
+    args = ["train-supernet", "-c", "cfg.yaml", "--data", "data", *SUPERNET_TRAIN, "--epochs", "3"]
+    r = nas(*args, "--out", "straight", cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    proc = popen_nas(*args, "--out", "killed", cwd=work)
+    kill_mid_epoch(proc, work / "killed" / "train.log", "epoch 2/3 step 2/8")
+    assert torch.load(work / "killed" / "last.pt", weights_only=True)["epoch"] == 1
+    r = nas(*args, "--out", "killed", "--resume", cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming killed" in (work / "killed" / "train.log").read_text()
+    a = torch.load(work / "straight" / "supernet.pt", weights_only=True)
+    b = torch.load(work / "killed" / "supernet.pt", weights_only=True)
+    assert_same_state(a["model"], b["model"])
+    assert a["epoch"] == b["epoch"] == 3
+    assert metric_rows(work / "straight") == metric_rows(work / "killed")
+
+
+def test_train_supernet_under_torchrun_two_processes(work):
+    r = nas("train-supernet", "--space", "tiny_space.yaml", "--data", "data", *SUPERNET_TRAIN, "--epochs", "1",
+            "--strategy", "sandwich", "--out", "ddp", cwd=work, launcher=torchrun(2))
+    assert r.returncode == 0, r.stderr[-4000:]
+    last = torch.load(work / "ddp" / "last.pt", weights_only=True)
+    assert last["world_size"] == 2 and last["step"] == 4
+    assert (work / "ddp" / "supernet.pt").is_file()
+    assert len(list(csv.DictReader((work / "ddp" / "metrics.csv").open()))) == 1
