@@ -1,0 +1,270 @@
+"""Who scores the candidates: this process (`--workers 0`) or a pool of Ray actors.
+
+Both pools take a list of architectures and yield `(arch, result)` pairs as results arrive,
+so the driver records each score the moment it exists.
+
+Ray (field-notes §1): each actor is one process holding the supernet once. The weights are
+`ray.put` once, as numpy arrays (zero-copy for the actors), and each actor process receives
+the reference once (`EvolveScorer.setup`); nothing large travels per candidate. Each actor sets
+`torch.set_num_threads(threads_per_worker)` itself (Ray's OMP_NUM_THREADS only holds for
+fresh worker processes, and 2 actors x 2 threads on 2 cores is 6-8x slower than 2 x 1).
+Candidates are dispatched as actors free up (`ray.wait`), not in fixed batches.
+
+A worker process that dies (killed, out of memory) loses nothing: the candidate it held goes
+back to the front of the queue and is dispatched to the next free actor, while Ray restarts
+the dead actor in place (`max_restarts`); once it has loaded the supernet again (its `setup`
+call answers) it rejoins the pool. A candidate that kills `MAX_ATTEMPTS` workers in a row
+stops the search with an error rather than killing workers forever; the history keeps every
+score, so the search resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import socket
+import tempfile
+import time
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from picodet_nas.arch import Arch
+from picodet_nas.errors import UserError
+
+from .scoring import CandidateScorer, ScoringData
+
+MAX_ATTEMPTS = 3  # workers one candidate may take down before the search stops
+ACTOR_MAX_RESTARTS = 4  # restarts of each actor process
+RECOVERY_TIMEOUT_S = 600.0  # how long a restarting actor may take to answer again
+
+
+class InProcessPool:
+    """Scores in this process, one candidate after another: `--workers 0`, no Ray.
+
+    Ray 2.60 has no `local_mode` any more, and a search on a laptop or in a notebook should
+    not need a cluster runtime. The scorer is built on first use."""
+
+    workers = 1
+
+    def __init__(self, make_scorer: Callable[[], CandidateScorer]):
+        import torch
+
+        self._make_scorer = make_scorer
+        self._scorer: CandidateScorer | None = None
+        self._threads = torch.get_num_threads()  # the scorer sets its own; given back on close
+
+    def score(self, archs: Iterable[Arch]) -> Iterator[tuple[Arch, dict[str, Any]]]:
+        if self._scorer is None:
+            self._scorer = self._make_scorer()
+        for arch in archs:
+            yield arch, {**self._scorer.score(arch), "attempts": 1}
+
+    def close(self) -> None:
+        import torch
+
+        self._scorer = None
+        torch.set_num_threads(self._threads)
+
+
+class EvolveScorer:
+    """The Ray actor (`ray::EvolveScorer` in `ps`): a `CandidateScorer` in its own process.
+
+    The weights arrive through `setup(state)` rather than the constructor: Ray resolves the
+    ObjectRef to the numpy arrays in the object store (zero-copy) either way, but an actor with
+    `max_restarts` whose constructor takes an object-store argument cannot be restarted once
+    that object is evicted (ray-project/ray#53727, #47043), and Ray logs an error-level line for
+    every such actor. The pool calls `setup` once per actor process, after creation and after
+    each restart, before the actor gets a candidate."""
+
+    def __init__(self, space_definition: Mapping[str, Any], num_classes: int, data: Mapping[str, Any], threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # Ray's OMP_NUM_THREADS holds only for fresh worker processes
+        self.args = (dict(space_definition), num_classes, dict(data), threads)
+        self.scorer: CandidateScorer | None = None
+
+    def setup(self, state: Mapping[str, Any]) -> str:
+        space_definition, num_classes, data, threads = self.args
+        self.scorer = CandidateScorer(space_definition, num_classes, state, data, threads)
+        return self.scorer.worker
+
+    def score(self, arch: Mapping[str, Any]) -> dict[str, Any]:
+        if self.scorer is None:
+            raise RuntimeError("EvolveScorer.score called before setup")
+        return self.scorer.score(arch)
+
+
+class RaySession:
+    """Ray for the duration of a search.
+
+    * Ray already initialised in this process (a notebook, a test): used as it is, left running.
+    * `address` (`--address`, else the RAY_ADDRESS environment variable): join that cluster.
+      Clusters with token authentication (the default from Ray 2.59 on) need RAY_AUTH_TOKEN
+      or the token file on this machine.
+    * Otherwise a local instance for this search alone: `num_cpus` CPUs, no dashboard, its
+      session files in a temporary folder under /tmp (Ray's unix socket paths must stay short,
+      which a run directory may not be) that is removed at the end; Ray never cleans the
+      `/tmp/ray/session_*` folders it would otherwise leave behind.
+    """
+
+    def __init__(self, address: str | None, num_cpus: int, log: logging.Logger):
+        """`num_cpus`: CPUs of a local instance (ignored when joining a cluster)."""
+        import ray
+
+        self.ray = ray
+        self.owned = False
+        self.temp_dir: str | None = None
+        if ray.is_initialized():
+            log.info("using the Ray instance already running in this process")
+            return
+        common = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+        if address:
+            _check_reachable(address)
+            try:
+                ray.init(address=address, **common)
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise UserError(f"cannot join the Ray cluster at {address!r}: {first[:200]}") from None
+            log.info("joined the Ray cluster at %s", address)
+        else:
+            self.temp_dir = tempfile.mkdtemp(prefix="nas-ray-", dir="/tmp")
+            ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=self.temp_dir, **common)
+            log.info("started a local Ray instance with %d CPUs (session files in %s)", num_cpus, self.temp_dir)
+        self.owned = True
+
+    def cpus(self) -> int:
+        return int(self.ray.cluster_resources().get("CPU", 1))
+
+    def close(self) -> None:
+        if self.owned:
+            self.ray.shutdown()
+            self.owned = False
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
+
+
+def _check_reachable(address: str) -> None:
+    """A `host:port` nobody listens on: a one-line error now, because `ray.init` would retry
+    connecting for many minutes (ignoring SIGTERM) before it gives up."""
+    match = re.fullmatch(r"(?:ray://)?\[?([\w.\-:]+?)\]?:(\d+)", address.strip())
+    if match is None:
+        return  # "auto" and other forms: Ray resolves them and fails fast itself
+    host, port = match.group(1), int(match.group(2))
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"cannot join the Ray cluster at {address!r}: nothing answers there ({e.strerror or e}); "
+                        f"start it with `ray start --head` or check --address / RAY_ADDRESS") from None
+
+
+class RayPool:
+    """`workers` Ray actors, each holding the supernet once, fed as they free up."""
+
+    def __init__(self, session: RaySession, *, workers: int | None, threads_per_worker: int,
+                 space_definition: Mapping[str, Any], num_classes: int, state: Mapping[str, Any],
+                 data: ScoringData, log: logging.Logger):
+        """`workers` None: one per CPU of the Ray instance (divided by the threads per worker)."""
+        self.log = log
+        self.session = session
+        ray = session.ray
+        threads = max(1, int(threads_per_worker))
+        self.workers = int(workers) if workers is not None else max(1, session.cpus() // threads)
+        numpy_state = {k: v.detach().cpu().numpy() for k, v in state.items()}
+        self._state_ref = ray.put(numpy_state)  # once; every actor maps the same read-only arrays
+        actor_cls = ray.remote(num_cpus=threads, max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=0)(EvolveScorer)
+        self.actors = [actor_cls.remote(dict(space_definition), num_classes, data.to_dict(), threads)
+                       for _ in range(self.workers)]
+        # Actors join the pool as their setup finishes: the first scores while the others load.
+        self._starting: dict[Any, tuple[Any, float]] = {}
+        for actor in self.actors:
+            self._start(actor, time.monotonic())
+        self._idle: deque = deque()
+        log.info("%d Ray worker(s), %d thread(s) each", self.workers, threads)
+
+    def _start(self, actor, since: float) -> None:
+        self._starting[actor.setup.remote(self._state_ref)] = (actor, since)
+
+    def score(self, archs: Iterable[Arch]) -> Iterator[tuple[Arch, dict[str, Any]]]:
+        ray = self.session.ray
+        from ray.exceptions import RayActorError
+
+        queue: deque[tuple[Arch, int]] = deque((a, 0) for a in archs)
+        pending: dict[Any, tuple[Any, Arch, int]] = {}  # future -> (actor, arch, attempt)
+        while queue or pending:
+            while queue and self._idle:
+                actor = self._idle.popleft()
+                arch, attempts = queue.popleft()
+                pending[actor.score.remote(arch.to_dict())] = (actor, arch, attempts + 1)
+            if not pending and not self._starting:
+                raise RuntimeError("every Ray worker has died; the scores so far are saved, resume the search "
+                                   "with --resume")
+            ready, _ = ray.wait(list(pending) + list(self._starting), num_returns=1)
+            future = ready[0]
+            if future in self._starting:
+                self._setup_answered(future)
+                continue
+            actor, arch, attempts = pending.pop(future)
+            try:
+                result = _get(ray, future)
+            except RayActorError:  # the process died: the candidate goes to the next free worker
+                if attempts >= MAX_ATTEMPTS:
+                    raise RuntimeError(f"candidate {arch.key()} took down {attempts} Ray workers; the scores so far "
+                                       f"are saved (resume with --resume)") from None
+                self.log.warning("a Ray worker died while scoring %s (attempt %d); the candidate goes to the next "
+                                 "free worker", arch.key(), attempts)
+                queue.appendleft((arch, attempts))
+                self._start(actor, time.monotonic())  # answers once Ray has restarted it
+                continue
+            self._idle.append(actor)
+            yield arch, {**result, "attempts": attempts}
+
+    def _setup_answered(self, future) -> None:
+        """An actor's `setup` answered: it joins the pool, is asked again while Ray is still
+        restarting it, or is dropped when it cannot come back."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        actor, since = self._starting.pop(future)
+        try:
+            worker = _get(self.session.ray, future)
+        except ActorUnavailableError:
+            if time.monotonic() - since > RECOVERY_TIMEOUT_S:
+                self._drop(actor, "did not come back")
+            else:
+                time.sleep(0.2)
+                self._start(actor, since)
+            return
+        except RayActorError:
+            self._drop(actor, "died for good (restarts used up)")
+            return
+        self.log.info("Ray worker %s ready", worker)
+        self._idle.append(actor)
+
+    def _drop(self, actor, why: str) -> None:
+        self.log.warning("a Ray worker %s; continuing with the others", why)
+        if actor in self.actors:
+            self.actors.remove(actor)
+
+    def close(self) -> None:
+        """Kill the actors; the Ray session belongs to the caller."""
+        for actor in self.actors:
+            try:
+                self.session.ray.kill(actor)
+            except Exception:
+                pass
+        self.actors = []
+
+
+def _get(ray, future):
+    """`ray.get`, with an exception raised inside the actor re-raised as itself when it is a
+    UserError (a bad image or file: its one-line message, not a Ray traceback)."""
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(future)
+    except RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise

@@ -1,0 +1,114 @@
+"""nas evolve --supernet CKPT --latency-table TABLE --latency-budget 17ms --data DIR"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _count_or_all(text: str) -> int | None:
+    if text.lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of images or 'all', got {text!r}") from None
+    return value
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "evolve",
+        help="evolutionary search for the most accurate subnet under a latency budget",
+        description="Search the supernet's space for the subnet with the highest mAP whose predicted latency "
+        "meets the budget. Every candidate is checked against the latency table before it is scored; scoring "
+        "takes the supernet's weights, recalibrates BN on fixed training images and computes COCO mAP@[.5:.95] "
+        "on a fixed held-out subset of the validation images. Candidates are scored in parallel by Ray workers "
+        "(a local Ray instance by default, --address joins a cluster) and every score is stored at once in an "
+        "Optuna study (SQLite in the run folder by default; optuna-dashboard opens it), so a killed search "
+        "continues with --resume, scoring nothing twice. Writes best.yaml (for nas retrain), pareto.csv, "
+        "pareto.png, generations.csv, config.yaml and evolve.log into runs/evolve/<name>/.",
+    )
+    need = p.add_argument_group("inputs")
+    need.add_argument("--supernet", required=True, metavar="CKPT",
+                      help="supernet checkpoint written by nas train-supernet (supernet.pt)")
+    need.add_argument("--latency-table", required=True, metavar="TABLE",
+                      help="latency table of the same search space (nas profile-device)")
+    need.add_argument("--latency-budget", required=True, metavar="BUDGET",
+                      help="largest predicted latency a candidate may have: '17ms', '17 ms', '17' (milliseconds) "
+                           "or '0.017s'")
+    need.add_argument("--data", required=True, metavar="DIR",
+                      help="COCO-format data the supernet was trained on (COCO 2017 or the simple layout): "
+                           "calibration images come from its train split, scoring images from its val split")
+
+    ea = p.add_argument_group("search (defaults: SPOS / DetNAS)")
+    ea.add_argument("--strategy", choices=("ga", "nsga2"), default="ga",
+                    help="ga (default): top-k parents, per-gene mutation, uniform crossover, random feasible fill; "
+                         "nsga2: Optuna's NSGAIISampler on (mAP up, latency down) with the budget as a constraint")
+    ea.add_argument("--population", type=int, default=50, help="candidates per generation (default: 50)")
+    ea.add_argument("--parents", type=int, default=10,
+                    help="ga: best candidates so far that breed the next generation (default: 10)")
+    ea.add_argument("--mutations", type=int, default=25, help="ga: mutants per generation (default: 25)")
+    ea.add_argument("--crossovers", type=int, default=25, help="ga: crossovers per generation (default: 25)")
+    ea.add_argument("--mutation-prob", type=float, default=0.1,
+                    help="probability that a gene is redrawn in a mutant, ga and nsga2 (default: 0.1)")
+    ea.add_argument("--generations", type=int, default=20,
+                    help="generations; may be raised on --resume to search longer (default: 20)")
+    ea.add_argument("--seed", type=int, default=0,
+                    help="seed of the search; the same seed and data give the same candidates and best.yaml "
+                         "with any number of workers (default: 0)")
+
+    sc = p.add_argument_group("scoring")
+    sc.add_argument("--calib-images", type=_count_or_all, default=2000, metavar="N|all",
+                    help="training images for the BN recalibration of each candidate, a fixed subset; each worker "
+                         "decodes them once per input size and keeps them as uint8 (2000 at 320 px: 0.6 GB) "
+                         "(default: 2000)")
+    sc.add_argument("--val-images", type=_count_or_all, default=500, metavar="N|all",
+                    help="held-out validation images each candidate is scored on, a fixed subset (default: 500)")
+    sc.add_argument("--batch-size", type=int, default=16,
+                    help="images per forward pass when scoring; does not change the scores (default: 16)")
+    sc.add_argument("--data-seed", type=int, default=0,
+                    help="seed of the calibration and held-out subsets, kept apart from --seed so that searches "
+                         "with different seeds score on the same images (default: 0)")
+    sc.add_argument("--no-references", dest="references", action="store_false",
+                    help="do not score the space's uniform-width networks for the Pareto plot")
+
+    ray = p.add_argument_group("workers")
+    ray.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="Ray workers, each holding the supernet once (default: CPUs / threads per worker; "
+                          "0: score in this process without Ray)")
+    ray.add_argument("--threads-per-worker", type=int, default=1, metavar="T",
+                     help="PyTorch threads per worker; 1 is fastest for small detectors on CPUs (default: 1)")
+    ray.add_argument("--address", default=None,
+                     help="Ray cluster to join ('auto' or host:port; default: the RAY_ADDRESS environment "
+                          "variable, else a local Ray instance for this search only, without dashboard). Every node "
+                          "needs picodet-nas installed and the --data folder at the same path; clusters with token "
+                          "authentication need RAY_AUTH_TOKEN here")
+
+    out = p.add_argument_group("run")
+    out.add_argument("--name", help="run name: the run folder is runs/evolve/NAME "
+                                    "(default: <space>-<budget>ms-<strategy>-<date>-<time>)")
+    out.add_argument("--out", metavar="DIR", help="run folder (overrides --name); never overwritten silently")
+    out.add_argument("--storage", metavar="URL",
+                     help="SQLAlchemy URL of the database holding the history "
+                          "(default: sqlite:///<run folder>/history.db)")
+    out.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                     help="continue an interrupted search: RUN_DIR, else the one --out/--name names, else the latest "
+                          "under runs/evolve. What was scored is looked up, the same candidate sequence continues")
+    out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from evolution.search import EvolveConfig, run_evolve
+
+    cfg = EvolveConfig(
+        supernet=args.supernet, latency_table=args.latency_table, latency_budget=args.latency_budget, data=args.data,
+        strategy=args.strategy, population=args.population, parents=args.parents, mutations=args.mutations,
+        crossovers=args.crossovers, mutation_prob=args.mutation_prob, generations=args.generations, seed=args.seed,
+        workers=args.workers, threads_per_worker=args.threads_per_worker, address=args.address, storage=args.storage,
+        resume=args.resume, out=args.out, name=args.name, calib_images=args.calib_images, val_images=args.val_images,
+        batch_size=args.batch_size, data_seed=args.data_seed, references=args.references,
+    )
+    result = run_evolve(cfg, progress=args.progress)
+    print(result.summary)
+    return 0
