@@ -5,7 +5,7 @@ minutes on a CPU, yet hard enough that a wider network scores better: six shape
 classes, some of them alike at small sizes (circle/ring, star/cross), drawn with
 random colour, rotation, squash and shading, partly occluding each other, over
 smooth colour fields with stripes, noise and distractor strokes and blobs that are
-not objects. Object sizes are log-uniform from 1/32 to 5/8 of the image side (10
+not objects. Object sizes are log-uniform from 1/20 to 5/8 of the image side (16
 to 200 px at 320), so every stride of the head (8, 16, 32, 64) has objects to find.
 
 Category ids are deliberately non-contiguous to exercise the id <-> label mapping.
@@ -31,8 +31,9 @@ CATEGORIES = ((1, "circle"), (2, "square"), (3, "triangle"), (5, "star"), (8, "c
 SPLITS = ("train", "val")
 JPEG_QUALITY = 90
 SUPERSAMPLE = 2  # shapes are drawn at 2x and averaged down, for anti-aliased edges
-MAX_OBJECTS = 8
+MAX_OBJECTS = 6
 EMPTY_IMAGE_SHARE = 0.03
+MIN_SIZE_DIVISOR = 20  # smallest object: 1/20 of the image side (16 px at 320: still a stride-8 object)
 MIN_VISIBLE_SHARE = 0.6  # objects drawn later leave at least this share of an earlier one's pixels visible
 PLACEMENT_TRIES = 10
 MIN_COLOR_DISTANCE = 80.0  # RGB distance between an object's colour and the background under it
@@ -44,7 +45,7 @@ DESCRIPTION = (
     "picodet_nas.data.shapes.make_shapes_dataset. Six classes (circle, square, triangle, star, "
     "cross, ring; category ids 1, 2, 3, 5, 8, 13) with random colour, rotation, squash and shading, "
     "partly occluding each other, on smooth colour fields with stripes, noise and distractor strokes "
-    "and blobs that are not objects. Object sizes are log-uniform from 1/32 to 5/8 of the image side; "
+    "and blobs that are not objects. Object sizes are log-uniform from 1/20 to 5/8 of the image side; "
     "about 3% of images hold no object. Boxes are tight around each whole shape (amodal), area is the "
     "shape's pixel count. Deterministic for a seed."
 )
@@ -179,11 +180,11 @@ def _object_color(background: np.ndarray, rng: np.random.Generator) -> np.ndarra
 def render_shapes_image(size: int, rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     """One image and its objects as dicts with `category_id`, `bbox` (xywh) and `area`."""
     clutter = Image.fromarray(np.clip(_background(size, rng), 0, 255).astype(np.uint8))
-    _draw_distractors(clutter, int(rng.integers(3, 12)), rng, blobs=True)
+    _draw_distractors(clutter, int(rng.integers(2, 7)), rng, blobs=True)
     canvas = np.array(clutter, dtype=np.float32)
 
     count = 0 if rng.random() < EMPTY_IMAGE_SHARE else int(rng.integers(1, MAX_OBJECTS + 1))
-    min_diameter = max(6.0, size / 32)
+    min_diameter = max(6.0, size / MIN_SIZE_DIVISOR)
     max_diameter = size * 0.625
     owner = np.full((size, size), -1, dtype=np.int16)
     visible: list[int] = []
@@ -217,7 +218,7 @@ def render_shapes_image(size: int, rng: np.random.Generator) -> tuple[Image.Imag
         region += (fill - region) * alpha[:, :, None]
         objects.append({"category_id": CATEGORIES[category][0], "bbox": [x0, y0, w, h], "area": area})
 
-    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(2, 16))
+    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(2, 8))
     image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     _draw_distractors(image, int(rng.integers(0, 4)), rng, blobs=False)
     return image, objects
