@@ -21,16 +21,13 @@ score, so the search resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import re
-import shutil
-import socket
-import tempfile
 import time
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from picodet_nas.arch import Arch
 from picodet_nas.errors import UserError
+from picodet_nas.utils.ray_session import RaySession  # shared with nas retrain --sweep; still importable here
 
 from .scoring import CandidateScorer, ScoringData
 
@@ -93,70 +90,6 @@ class EvolveScorer:
         if self.scorer is None:
             raise RuntimeError("EvolveScorer.score called before setup")
         return self.scorer.score(arch)
-
-
-class RaySession:
-    """Ray for the duration of a search.
-
-    * Ray already initialised in this process (a notebook, a test): used as it is, left running.
-    * `address` (`--address`, else the RAY_ADDRESS environment variable): join that cluster.
-      Clusters with token authentication (the default from Ray 2.59 on) need RAY_AUTH_TOKEN
-      or the token file on this machine.
-    * Otherwise a local instance for this search alone: `num_cpus` CPUs, no dashboard, its
-      session files in a temporary folder under /tmp (Ray's unix socket paths must stay short,
-      which a run directory may not be) that is removed at the end; Ray never cleans the
-      `/tmp/ray/session_*` folders it would otherwise leave behind.
-    """
-
-    def __init__(self, address: str | None, num_cpus: int, log: logging.Logger):
-        """`num_cpus`: CPUs of a local instance (ignored when joining a cluster)."""
-        import ray
-
-        self.ray = ray
-        self.owned = False
-        self.temp_dir: str | None = None
-        if ray.is_initialized():
-            log.info("using the Ray instance already running in this process")
-            return
-        common = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
-        if address:
-            _check_reachable(address)
-            try:
-                ray.init(address=address, **common)
-            except (ConnectionError, ValueError, RuntimeError) as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise UserError(f"cannot join the Ray cluster at {address!r}: {first[:200]}") from None
-            log.info("joined the Ray cluster at %s", address)
-        else:
-            self.temp_dir = tempfile.mkdtemp(prefix="nas-ray-", dir="/tmp")
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=self.temp_dir, **common)
-            log.info("started a local Ray instance with %d CPUs (session files in %s)", num_cpus, self.temp_dir)
-        self.owned = True
-
-    def cpus(self) -> int:
-        return int(self.ray.cluster_resources().get("CPU", 1))
-
-    def close(self) -> None:
-        if self.owned:
-            self.ray.shutdown()
-            self.owned = False
-        if self.temp_dir:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-            self.temp_dir = None
-
-
-def _check_reachable(address: str) -> None:
-    """A `host:port` nobody listens on: a one-line error now, because `ray.init` would retry
-    connecting for many minutes (ignoring SIGTERM) before it gives up."""
-    match = re.fullmatch(r"(?:ray://)?\[?([\w.\-:]+?)\]?:(\d+)", address.strip())
-    if match is None:
-        return  # "auto" and other forms: Ray resolves them and fails fast itself
-    host, port = match.group(1), int(match.group(2))
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-    except OSError as e:
-        raise UserError(f"cannot join the Ray cluster at {address!r}: nothing answers there ({e.strerror or e}); "
-                        f"start it with `ray start --head` or check --address / RAY_ADDRESS") from None
 
 
 class RayPool:

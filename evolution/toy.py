@@ -110,8 +110,8 @@ def toy_supernet(space: SearchSpace, num_classes: int = len(CATEGORIES), seed: i
 
 def save_toy_supernet(model: Supernet, path: str | Path) -> Path:
     """`model` in the format `nas train-supernet` writes (supernet/train.py), shapes classes."""
-    meta = {**model.checkpoint_meta(), "class_names": [n for _, n in CATEGORIES],
-            "label_to_cat_id": [c for c, _ in CATEGORIES]}
+    meta = {**model.checkpoint_meta(), "space_definition": model.space.to_dict(),
+            "class_names": [n for _, n in CATEGORIES], "label_to_cat_id": [c for c, _ in CATEGORIES]}
     save_checkpoint(path, model.state_dict(), meta, epoch=0, metrics={})
     return Path(path)
 

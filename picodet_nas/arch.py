@@ -196,6 +196,9 @@ def load_arch_file(path: str | Path) -> tuple[Arch, dict[str, Any]]:
         raise ArchError(f"{path}: not valid YAML{where}") from None
     if not isinstance(doc, dict):
         raise ArchError(f"{path}: expected a mapping of architecture fields")
+    if "arch" not in doc and {"space", "provenance", "scores"} & set(doc):
+        # A search result that lost its `arch:` would otherwise fail on "unknown key 'provenance'".
+        raise ArchError(f"{path}: a search result without 'arch': best.yaml holds the architecture under 'arch:'")
     body = doc["arch"] if "arch" in doc else doc
     source = f"{path}: arch" if "arch" in doc else str(path)
     return Arch.from_dict(body, source=source), doc

@@ -149,7 +149,9 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
 
     seed_everything(cfg.seed)
     model = Supernet(space, train_set.num_classes)
-    meta = {**model.checkpoint_meta(), "class_names": list(train_set.class_names),
+    # The space's definition travels with the weights, so that `nas retrain --init supernet` can
+    # rebuild the supernet from the checkpoint alone.
+    meta = {**model.checkpoint_meta(), "space_definition": space.to_dict(), "class_names": list(train_set.class_names),
             "label_to_cat_id": list(train_set.label_to_cat_id), "supernet_options": sn_options}
     if dist_info.is_main:
         write_run_config(run.path, {"command": "train-supernet", "space": space.to_dict(),

@@ -82,16 +82,41 @@ def register(sub) -> None:
         "retrain",
         help="train an architecture with the full PicoDet recipe, evaluate and export it",
         description="Train a PicoDet architecture (a preset, an architecture YAML, or a search result's "
-        "best.yaml) from scratch with the published recipe: SGD, warm-up and cosine LR, cycle-EMA, "
-        "multi-scale training. Evaluates every --eval-interval epochs (best.pt), checkpoints every epoch "
-        "(last.pt, resumable exactly), then writes model.pt (EMA weights), model.onnx and metrics.json. "
-        "Multi-GPU or multi-process: launch with torchrun.",
+        "best.yaml) with the published recipe: SGD, warm-up and cosine LR, cycle-EMA, multi-scale training, "
+        "from scratch or (--init supernet) from the weights it inherits from the search's supernet. Evaluates "
+        "every --eval-interval epochs (best.pt), checkpoints every epoch (last.pt, resumable exactly), then writes "
+        "model.pt (EMA weights), model.onnx and metrics.json. A search result's model is timed on this machine "
+        "the way its latency table was measured (measured vs predicted latency, budget met or not). --sweep N "
+        "first picks the learning rate and weight decay with a Ray Tune sweep. Multi-GPU or multi-process: "
+        "launch with torchrun.",
     )
     p.add_argument("arch", help="a preset (picodet-s, picodet-m, picodet-l) or an architecture YAML (e.g. best.yaml)")
     p.add_argument("--input-size", type=int, help="train and evaluate at this input size (default: the architecture's)")
     add_training_flags(p, "retrain")
-    p.add_argument("--measure-latency", action="store_true", default=None,
-                   help="time the exported network with ONNX Runtime on this machine for metrics.json")
+    p.add_argument("--init", choices=("scratch", "supernet"),
+                   help="initial weights: scratch (default: the builder's initialisation) or supernet (the weights "
+                        "the architecture inherits from the supernet it was searched with)")
+    p.add_argument("--supernet", metavar="CKPT",
+                   help="supernet checkpoint for --init supernet (default: the one best.yaml's provenance names); "
+                        "it must be of the space best.yaml was searched in")
+    p.add_argument("--measure-latency", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the exported network with ONNX Runtime on this machine for metrics.json, with the "
+                        "settings of the latency table the search used (default: on for a search result that "
+                        "names its latency table, off otherwise)")
+    sweep = p.add_argument_group("hyper-parameter sweep (Ray Tune: Optuna search, ASHA early stopping)")
+    sweep.add_argument("--sweep", type=int, metavar="N",
+                       help="first run N trials over the learning rate and weight decay (log-uniform within a factor "
+                            "4 of the recipe's), stopping weak trials early, then train with the best values (or keep "
+                            "the best trial's model when it already ran the final schedule); writes sweep.csv")
+    sweep.add_argument("--sweep-epochs", metavar="E[,E...]",
+                       help="epochs of each trial, a complete shorter schedule (default: --epochs); several values: "
+                            "search the epochs among them too")
+    sweep.add_argument("--sweep-threads", type=int, metavar="T",
+                       help="PyTorch threads (and Ray CPUs) per trial (default: 1)")
+    sweep.add_argument("--address",
+                       help="Ray cluster to join for the trials ('auto' or host:port; default: the RAY_ADDRESS "
+                            "environment variable, else a local Ray instance without dashboard); every node needs "
+                            "the data and the run directory at the same path")
     p.set_defaults(handler=run, parser=p)
 
 
@@ -103,11 +128,60 @@ def run(args: argparse.Namespace) -> int:
     if not values.get("data"):
         raise UserError("--data DIR is required (a COCO-format dataset)")
     options = {k: values[k] for k in (*TRAIN_OPTIONS, "input_size") if k in values}
-    metrics = retrain(values.get("arch", args.arch), values["data"], options=options, out=values.get("out"),
-                      name=values.get("name"), resume=args.resume,
-                      measure_latency=bool(values.get("measure_latency")))
+    arch = values.get("arch", args.arch)
+    metrics = retrain(arch, values["data"], options=options, out=values.get("out"), name=values.get("name"),
+                      resume=args.resume, measure_latency=values.get("measure_latency"),
+                      init=initial_weights(values, arch), sweep=_sweep_settings(values))
     if metrics is not None:
         coco = metrics["coco"]
-        print(f"mAP {coco['mAP']:.4f}  mAP50 {coco['mAP50']:.4f}  params {metrics['params']}  "
-              f"FLOPs {metrics['flops'] / 1e9:.3f}G  epochs {metrics['epochs']}  {metrics['wall_time_s']:.0f} s")
+        line = (f"mAP {coco['mAP']:.4f}  mAP50 {coco['mAP50']:.4f}  params {metrics['params']}  "
+                f"FLOPs {metrics['flops'] / 1e9:.3f}G  epochs {metrics['epochs']}  {metrics['wall_time_s']:.0f} s")
+        if "measured_latency_ms" in metrics:
+            line += f"  latency {metrics['measured_latency_ms']:.3f} ms measured"
+            if "predicted_latency_ms" in metrics:
+                line += f" / {metrics['predicted_latency_ms']:.3f} predicted"
+            if "budget_met" in metrics:
+                line += f" (budget {metrics['latency_budget_ms']:g} ms {'met' if metrics['budget_met'] else 'MISSED'})"
+            if metrics.get("latency_measurement", {}).get("same_cpu_model") is False:
+                line += "; the latency table was measured on another CPU"
+        print(line)
     return 0
+
+
+def initial_weights(values: dict[str, Any], arch_spec: str):
+    """`--init supernet`: the weights the architecture inherits from the supernet (the command
+    line is the one place that may use the supernet package), checked against best.yaml's space."""
+    from ..errors import UserError
+
+    if values.get("init", "scratch") == "scratch":
+        if values.get("supernet"):
+            raise UserError("--supernet gives the weights of --init supernet; add --init supernet or leave it out")
+        return None
+    from supernet.inherit import inherited_weights
+
+    from ..arch import resolve_arch
+    from ..engine.retrain import InitialWeights, read_search_result
+
+    arch = resolve_arch(arch_spec, values.get("input_size"))
+    search = read_search_result(arch_spec)
+    path = values.get("supernet") or (search.supernet if search is not None else None)
+    if path is None:
+        raise UserError(f"--init supernet: {arch_spec} names no supernet (provenance.supernet); pass --supernet CKPT")
+    fingerprint = search.space.get("fingerprint") if search is not None else None
+    state, meta = inherited_weights(path, arch, space_fingerprint=fingerprint, arch_source=str(arch_spec))
+    return InitialWeights(state, str(path), meta.get("label_to_cat_id"))
+
+
+def _sweep_settings(values: dict[str, Any]):
+    from ..errors import UserError
+
+    if values.get("sweep") is None:
+        given = [f"--{k.replace('_', '-')}" for k in ("sweep_epochs", "sweep_threads", "address") if values.get(k)]
+        if given:
+            raise UserError(f"{given[0]} applies to a sweep; add --sweep N")
+        return None
+    from ..engine.sweep import SweepSettings, parse_epochs
+
+    epochs = values.get("sweep_epochs")
+    return SweepSettings(trials=values["sweep"], epochs=parse_epochs(epochs) if epochs is not None else None,
+                         threads_per_trial=values.get("sweep_threads") or 1, address=values.get("address"))

@@ -13,7 +13,8 @@ import sys
 
 from ..errors import UserError
 
-COMMANDS = ("make-dataset", "train-supernet", "evolve", "retrain", "eval", "predict", "summary", "export", "profile-device")
+COMMANDS = ("quickstart", "make-dataset", "train-supernet", "evolve", "retrain", "eval", "predict", "summary", "export",
+            "profile-device")
 
 
 def build_parser() -> argparse.ArgumentParser:

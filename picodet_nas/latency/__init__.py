@@ -3,7 +3,8 @@
 * `profile_device` / `write_bundle` / `import_results`: build a latency table on this machine,
   or through a bundle that runs on a device with only numpy and onnxruntime (`run_bundle.py`).
 * `LatencyPredictor`: whole-network latency of an `Arch` from a table, for the search.
-* `measure_latency`: one architecture timed as the tables' validation subnets are.
+* `measure_latency`: one architecture timed as the tables' validation subnets are
+  (`table_timing(table)`: with the settings a given table was measured with).
 
 Names are imported on first use (PEP 562), so that `nas --help`, which reads the runner's
 defaults, does not pay for importing PyTorch.
@@ -19,6 +20,7 @@ _EXPORTS = {
     "load_table": "table", "check_table": "table", "default_table_name": "table",
     "profile_device": "profiler", "write_bundle": "profiler", "import_results": "profiler",
     "build_table": "profiler", "write_table": "profiler", "measure_latency": "profiler",
+    "table_timing": "profiler",
     "kendall_tau": "metrics", "prediction_errors": "metrics", "fit_calibration": "metrics",
 }
 __all__ = list(_EXPORTS)

@@ -342,9 +342,11 @@ def import_results(path: str | Path, *, name: str | None = None, statistic: str 
 def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bundle.DEFAULT_THREADS,
                     repeats: int = run_bundle.DEFAULT_REPEATS, warmup: int = run_bundle.DEFAULT_WARMUP,
                     burst: int = run_bundle.DEFAULT_BURST, statistic: str = "median", clock: str = "wall",
-                    seed: int = 0) -> dict:
+                    allow_spinning: bool | None = None, spread_limit: float | None = None,
+                    max_remeasure: int | None = None, seed: int = 0) -> dict:
     """Measured whole-network latency of `arch` on this machine, timed exactly as a table's
     validation subnets are (deployed form, ONNX Runtime, batch 1); for `measured_latency_ms`.
+    `table_timing(table)` gives the arguments that repeat a given table's measurement.
 
     Returns the timing figures plus `latency_ms` (the figure named by `statistic`).
     """
@@ -354,7 +356,8 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
             "inputs": [[1, 3, arch.input_size, arch.input_size]]}
     manifest = {"num_classes": num_classes, "models": {"whole": spec},
                 "settings": timing_settings(threads=threads, repeats=repeats, warmup=warmup, burst=burst,
-                                            clock=clock, seed=seed)}
+                                            clock=clock, allow_spinning=allow_spinning, spread_limit=spread_limit,
+                                            max_remeasure=max_remeasure, seed=seed)}
     with tempfile.TemporaryDirectory(prefix="nas-measure-") as d:
         export_models(manifest, Path(d))
         results = run_bundle.run_bundle(d, manifest)
@@ -362,6 +365,20 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
     stats["latency_ms"] = stats[f"{statistic}_ms"]
     stats["statistic"] = statistic
     return stats
+
+
+def table_timing(table: dict) -> dict[str, Any]:
+    """`measure_latency` keyword arguments that time a network the way `table` was measured
+    (threads, repeats, warm-up, burst, clock, spinning, re-measuring, statistic), so that a
+    measured latency and the table's prediction compare like with like."""
+    meta = table["meta"]
+    out: dict[str, Any] = {k: meta[k] for k in ("threads", "repeats", "warmup", "statistic")}
+    out["burst"] = int(meta.get("burst", run_bundle.DEFAULT_BURST))
+    out["clock"] = meta.get("clock", "wall")
+    out["allow_spinning"] = meta.get("allow_spinning")
+    out["spread_limit"] = meta.get("spread_limit")
+    out["max_remeasure"] = meta.get("max_remeasure")
+    return out
 
 
 def write_table(table: dict, out: str | Path) -> tuple[Path, Path]:

@@ -1,0 +1,71 @@
+"""The weights a subnet inherits from a trained supernet, as the starting point of
+`nas retrain --init supernet`.
+
+The supernet is rebuilt from its checkpoint alone (the space's definition is recorded in it by
+`nas train-supernet`; checkpoints written before that are matched to `search_spaces/` by name),
+its space's fingerprint is checked against the search result's, and `Supernet.extract(arch)`
+gives exactly the static network `build_model(arch)` with the shared weights and BN statistics.
+Every way this can go wrong (not a supernet, another space, an architecture outside it) is a
+one-line `UserError`, raised before any training starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from picodet_nas.arch import Arch
+from picodet_nas.checkpoint import load_model_weights
+from picodet_nas.errors import CheckpointError, SpaceError
+from picodet_nas.space import SearchSpace, load_space
+
+from .supernet import Supernet
+
+
+def checkpoint_space(meta: Mapping[str, Any], source: str | Path) -> SearchSpace:
+    """The search space a supernet checkpoint was trained on, checked against its fingerprint."""
+    ref = meta.get("space") or {}
+    definition = meta.get("space_definition")
+    if definition is not None:
+        space = SearchSpace.from_dict(definition, source=f"{source}: space_definition")
+    else:
+        try:
+            space = load_space(str(ref.get("name")))
+        except SpaceError:
+            raise CheckpointError(f"{source}: the checkpoint does not record its search space and search_spaces/ "
+                                  f"has none named {ref.get('name')!r}") from None
+    space.check_fingerprint(ref.get("fingerprint"), f"{source}: supernet checkpoint")
+    return space
+
+
+def inherited_weights(checkpoint: str | Path, arch: Arch, *, space_fingerprint: str | None = None,
+                      arch_source: str = "the architecture") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict of `build_model(arch)` holding the supernet's weights, the checkpoint's meta).
+
+    space_fingerprint: the space the architecture was searched in (best.yaml's `space`); the
+                       supernet must have been trained on that very space.
+    The input size does not change the weights (the network is fully convolutional), so an
+    architecture retrained at another input size than its space's still inherits them.
+    """
+    state, meta = load_model_weights(checkpoint)
+    if meta.get("kind") != "supernet":
+        raise CheckpointError(f"{checkpoint}: a {meta.get('kind')!r} checkpoint, not a supernet; --init supernet "
+                              f"needs the supernet.pt written by nas train-supernet")
+    ref = meta.get("space") or {}
+    if space_fingerprint is not None and ref.get("fingerprint") != space_fingerprint:
+        raise SpaceError(f"{checkpoint} was trained on space {ref.get('name')!r} (fingerprint "
+                         f"{ref.get('fingerprint')}) but {arch_source} was searched in a space with fingerprint "
+                         f"{space_fingerprint}: the supernet must be the one the search used")
+    if not isinstance(meta.get("num_classes"), int):
+        raise CheckpointError(f"{checkpoint}: the checkpoint's meta lacks num_classes")
+    space = checkpoint_space(meta, checkpoint)
+    probe = arch if arch.input_size in space.input_sizes else arch.replace(input_size=space.input_sizes[0])
+    try:
+        space.encode(probe)
+    except SpaceError as e:
+        raise SpaceError(f"{arch_source} is not a subnet of the supernet {checkpoint}: {e}") from None
+    supernet = Supernet(space, meta["num_classes"])
+    supernet.load_checkpoint_state(state, meta, str(checkpoint))
+    return supernet.extract(probe).state_dict(), dict(meta)

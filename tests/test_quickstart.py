@@ -1,0 +1,150 @@
+"""`nas quickstart`: the config file (shipped, merged, checked), the budget choice, the figures
+and report, and the whole pipeline end to end on a tiny config (8 + 4 images, one epoch per
+training, a partial latency table, two generations of four): about 20 s on one core."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from engine_helpers import load_json, nas, one_line_error, write
+from picodet_nas.cli.quickstart_pipeline import (CONFIG_FILE, choose_budget, load_config, plot_supernet_curves,
+                                                 write_report)
+from picodet_nas.errors import UserError
+
+TINY_CONFIG = """\
+threads: 1
+dataset: {train: 8, val: 4, image_size: 64}
+supernet: {epochs: 1, batch_size: 4, lr: 0.01, warmup_iters: 2, eval_interval: 1, calib_images: 4, log_interval: 1}
+profile: {repeats: 2, warmup: 0, burst: 1, calibrate: 3, validate: 3, input_sizes: [160]}
+evolve: {population: 4, parents: 2, mutations: 2, crossovers: 2, generations: 2, calib_images: 4, val_images: 4,
+         batch_size: 4, workers: 0}
+retrain: {epochs: 1, batch_size: 4, lr: 0.01, warmup_iters: 2, eval_interval: 1, log_interval: 1}
+"""
+
+
+def test_shipped_config_loads_and_override_merges(tmp_path):
+    shipped = load_config()
+    assert shipped.space == "quickstart" and shipped.seed == 0 and shipped.sources == (str(CONFIG_FILE),)
+    assert shipped.budget["fraction"] == 0.4 and shipped.retrain["init"] == "supernet"
+    merged = load_config(write(tmp_path / "o.yaml", "seed: 3\nsupernet: {epochs: 2}\nbudget: {ms: 2.5}\n"))
+    assert merged.seed == 3 and merged.supernet["epochs"] == 2
+    assert merged.supernet["batch_size"] == shipped.supernet["batch_size"]  # the rest of the section stays
+    assert merged.budget == {"fraction": 0.4, "ms": 2.5}
+    assert merged.sources[-1] == str(tmp_path / "o.yaml")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("colour: red\n", "unknown key 'colour'"),
+    ("supernet: {epoch: 3}\n", "supernet: unknown option 'epoch'"),
+    ("evolve: {latency_budget: 3}\n", "evolve: unknown option 'latency_budget'"),
+    ("dataset: {seed: 4}\n", "dataset: unknown option 'seed'"),
+    ("budget: {fraction: 1.5}\n", "fraction must be a number in [0, 1]"),
+    ("budget: {ms: 17ms}\n", "ms must be a positive number of milliseconds"),
+    ("retrain: {init: imagenet}\n", "init must be scratch or supernet"),
+    ("retrain: 5\n", "retrain must be a mapping"),
+    ("seed: [1]\n", "seed must be an integer"),
+    ("dataset: {train: [\n", "not valid YAML"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path, text, needle):
+    with pytest.raises(UserError) as e:
+        load_config(write(tmp_path / "bad.yaml", text))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_budget_lies_between_the_fastest_and_the_slowest_subnet():
+    rng = {"fastest": 1.0914, "slowest": 3.219}
+    assert choose_budget(rng, 0.0) == 1.092 >= rng["fastest"]  # rounded up: the fastest subnet still fits
+    assert choose_budget(rng, 1.0) == 3.219
+    assert choose_budget(rng, 0.4) == pytest.approx(1.0914 + 0.4 * (3.219 - 1.0914), abs=1e-3)
+    assert rng["fastest"] < choose_budget(rng, 0.4) < rng["slowest"]
+
+
+def _summary() -> dict:
+    coco = {k: 0.1 for k in ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10", "AR100",
+                             "AR_small", "AR_medium", "AR_large")}
+    stages = [{"stage": s, "folder": s, "seconds": 10.0, "what": f"the {s} stage"}
+              for s in ("data", "supernet", "profile", "evolve", "retrain", "eval")]
+    return {
+        "date": "2026-01-01 00:00:00", "run_dir": "run", "total_seconds": 61.0,
+        "config": {"sources": ["quickstart.yaml"], "seed": 0},
+        "machine": {"cpu_model": "a CPU", "cpu_count": 2, "os": "linux", "torch_threads": 1},
+        "stages": stages,
+        "supernet": {"checkpoint": "supernet/supernet.pt", "epochs": 2, "curves": "supernet/curves.png",
+                     "metrics": {"largest_mAP": 0.2, "smallest_mAP": 0.1}},
+        "latency": {"table": "latency/t.json", "plot": "latency/t.png", "fastest_ms": 1.0, "slowest_ms": 3.0,
+                    "threads": 1, "repeats": 20,
+                    "validation": {"subnets": 12, "mape": 0.02, "within_5pct": 0.9, "within_10pct": 1.0,
+                                   "kendall_tau": 0.95}},
+        "budget": {"ms": 1.8, "how": "40% of the way", "fraction": 0.4},
+        "evolve": {"best_yaml": "evolve/best.yaml", "pareto": "evolve/pareto.png", "candidates": 48,
+                   "generations": 3, "arch": {"scale": 0.5, "neck_channels": 48},
+                   "scores": {"map": 0.05, "predicted_latency_ms": 1.7}},
+        "retrain": {"coco": coco, "params": 500000, "flops": 1.2e8, "epochs": 20, "wall_time_s": 200.0,
+                    "init": "supernet", "onnx": "retrain/model.onnx", "predicted_latency_ms": 1.7,
+                    "measured_latency_ms": 1.75, "latency_ratio": 1.029, "latency_budget_ms": 1.8, "budget_met": True},
+        "eval": {"metrics": "eval/metrics.json", "coco": coco},
+    }
+
+
+def test_report_holds_every_section_figure_and_number(tmp_path):
+    text = write_report(tmp_path / "report.md", _summary()).read_text()
+    for needle in ("## Stages", "| supernet | the supernet stage | `supernet/` | 10 s |", "**61 s**",
+                   "![supernet training curves](supernet/curves.png)",
+                   "![predicted vs measured latency](latency/t.png)",
+                   "![Pareto front](evolve/pareto.png)", "Latency budget **1.8 ms** (40% of the way)",
+                   "| measured latency | 1.750 ms |", "| predicted latency | 1.700 ms |", "| budget met | yes |",
+                   "| measured / predicted | 1.029 |", "| mAP | 0.1000 |", "error is 2.0%"):
+        assert needle in text, needle
+
+
+def test_supernet_curves_from_metrics_csv(tmp_path):
+    rows = ["epoch,step,lr,loss,loss_vfl,loss_giou,loss_dfl,num_pos,img_per_s,epoch_time_s,wall_time_s,"
+            "largest_mAP,largest_mAP50,smallest_mAP,smallest_mAP50"]
+    rows += [f"{e},{10 * e},0.01,{3 - 0.1 * e},1,1,1,5,30,10,{10 * e}," + (",,," if e % 2 else "0.1,0.2,0.05,0.1")
+             for e in range(1, 5)]
+    png = plot_supernet_curves(write(tmp_path / "metrics.csv", "\n".join(rows) + "\n"), tmp_path / "c.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_bad_quickstart_arguments_exit_2_before_anything_is_written(tmp_path):
+    assert "is not a latency" in one_line_error(nas("quickstart", "--budget-ms", "fast", "--out", "run", cwd=tmp_path))
+    write(tmp_path / "bad.yaml", "supernet: {epoch: 3}\n")
+    assert "unknown option 'epoch'" in one_line_error(nas("quickstart", "--config", "bad.yaml", "--out", "run",
+                                                          cwd=tmp_path))
+    assert not (tmp_path / "run").exists()
+
+
+def test_quickstart_end_to_end_on_a_tiny_config(tmp_path):
+    write(tmp_path / "tiny.yaml", TINY_CONFIG)
+    r = nas("quickstart", "--config", "tiny.yaml", "--out", "run", "--seed", "1", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    assert "latency budget:" in r.stdout and "report.md" in r.stdout
+    for path in ("config.yaml", "quickstart.log", "report.md", "summary.json",
+                 "data/annotations/instances_train.json",
+                 "supernet/supernet.pt", "supernet/metrics.csv", "supernet/curves.png",
+                 "evolve/best.yaml", "evolve/pareto.png", "evolve/pareto.csv",
+                 "retrain/model.pt", "retrain/model.onnx", "retrain/metrics.json", "eval/metrics.json"):
+        assert (run / path).is_file(), path
+    tables = sorted((run / "latency").glob("*.json"))
+    assert len(tables) == 1 and tables[0].with_suffix(".png").is_file()
+    summary = load_json(run / "summary.json")
+    assert [s["stage"] for s in summary["stages"]] == ["data", "supernet", "profile", "evolve", "retrain", "eval"]
+    assert summary["config"]["seed"] == 1
+    budget = summary["budget"]["ms"]
+    assert summary["latency"]["fastest_ms"] <= budget <= summary["latency"]["slowest_ms"]
+    best = yaml.safe_load((run / "evolve" / "best.yaml").read_text())
+    assert best["provenance"]["budget_ms"] == budget and best["scores"]["predicted_latency_ms"] <= budget
+    metrics = load_json(run / "retrain" / "metrics.json")
+    assert metrics["init"] == "supernet" and metrics["latency_budget_ms"] == budget
+    assert metrics["measured_latency_ms"] > 0 and isinstance(metrics["budget_met"], bool)
+    assert metrics["latency_measurement"]["repeats"] == 2  # timed as the quickstart's table was
+    assert load_json(run / "eval" / "metrics.json")["coco"] == metrics["coco"]  # nas eval agrees with the retrain
+    report = (run / "report.md").read_text()
+    for figure in ("supernet/curves.png", tables[0].with_suffix(".png").relative_to(run).as_posix(),
+                   "evolve/pareto.png"):
+        assert f"]({figure})" in report and (run / figure).is_file()
+    assert json.loads((run / "summary.json").read_text())["total_seconds"] > 0
