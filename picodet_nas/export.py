@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from .models.detector import PicoDet, flatten_outputs
-from .ops.nms import nms
 from .postprocess import EVAL_NMS, NMSConfig, decode, postprocess, select_per_level
 
 OPSET = 17
@@ -50,21 +49,16 @@ class DeployModel(nn.Module):
 
 
 class _NonMaxSuppression(torch.autograd.Function):
-    """Selected (batch, class, box) triples [K, 3], as ONNX `NonMaxSuppression` defines them.
+    """ONNX `NonMaxSuppression`: selected (batch, class, box) triples [K, 3].
 
-    Eager mode computes them with our torch NMS; under export it becomes the ONNX operator.
+    It exists only to emit that operator while exporting: the exporter needs no more than the
+    output's type from `forward`, and eager inference runs `postprocess` instead (see
+    `DetectModel.forward`), so the eager result is never computed here.
     """
 
     @staticmethod
     def forward(ctx, boxes, scores, max_per_class: int, iou_thr: float, score_thr: float):
-        if torch.jit.is_tracing():  # the exporter only needs the output's type; ONNX computes it
-            return boxes.new_zeros((0, 3), dtype=torch.long)
-        rows = []
-        for c in range(scores.shape[1]):
-            cand = (scores[0, c] > score_thr).nonzero().flatten()
-            keep = cand[nms(boxes[0, cand], scores[0, c, cand], iou_thr)][:max_per_class]
-            rows.append(torch.stack([torch.zeros_like(keep), torch.full_like(keep, c), keep], dim=1))
-        return torch.cat(rows) if rows else boxes.new_zeros((0, 3), dtype=torch.long)
+        return boxes.new_zeros((0, 3), dtype=torch.long)
 
     @staticmethod
     def symbolic(g, boxes, scores, max_per_class, iou_thr, score_thr):
