@@ -5,7 +5,7 @@ minutes on a CPU, yet hard enough that a wider network scores better: six shape
 classes, some of them alike at small sizes (circle/ring, star/cross), drawn with
 random colour, rotation, squash and shading, partly occluding each other, over
 smooth colour fields with stripes, noise and distractor strokes and blobs that are
-not objects. Object sizes are log-uniform from 1/20 to 5/8 of the image side (16
+not objects. Object sizes are log-uniform from 1/10 to 5/8 of the image side (32
 to 200 px at 320), so every stride of the head (8, 16, 32, 64) has objects to find.
 
 Category ids are deliberately non-contiguous to exercise the id <-> label mapping.
@@ -33,10 +33,13 @@ JPEG_QUALITY = 90
 SUPERSAMPLE = 2  # shapes are drawn at 2x and averaged down, for anti-aliased edges
 MAX_OBJECTS = 6
 EMPTY_IMAGE_SHARE = 0.03
-MIN_SIZE_DIVISOR = 20  # smallest object: 1/20 of the image side (16 px at 320: still a stride-8 object)
+MIN_SIZE_DIVISOR = 10  # smallest object: 1/10 of the image side (32 px at 320, 19 px at 192: stride-8 objects)
 MIN_VISIBLE_SHARE = 0.6  # objects drawn later leave at least this share of an earlier one's pixels visible
 PLACEMENT_TRIES = 10
-MIN_COLOR_DISTANCE = 80.0  # RGB distance between an object's colour and the background under it
+MIN_COLOR_DISTANCE = 120.0  # RGB distance between an object's colour and the background under it
+
+BACKGROUND_CONTRAST = (0.3, 0.6)  # the colour field's deviations from its mean are scaled by this much
+STRIPES_SHARE = 0.35  # share of backgrounds with a faint stripe pattern
 
 _HALF_COVERED = [255 if v >= 128 else 0 for v in range(256)]  # lookup table: pixels at least half inside
 
@@ -45,7 +48,7 @@ DESCRIPTION = (
     "picodet_nas.data.shapes.make_shapes_dataset. Six classes (circle, square, triangle, star, "
     "cross, ring; category ids 1, 2, 3, 5, 8, 13) with random colour, rotation, squash and shading, "
     "partly occluding each other, on smooth colour fields with stripes, noise and distractor strokes "
-    "and blobs that are not objects. Object sizes are log-uniform from 1/20 to 5/8 of the image side; "
+    "and blobs that are not objects. Object sizes are log-uniform from 1/10 to 5/8 of the image side; "
     "about 3% of images hold no object. Boxes are tight around each whole shape (amodal), area is the "
     "shape's pixel count. Deterministic for a seed."
 )
@@ -103,12 +106,14 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     cells = int(rng.integers(2, 6))
     grid = rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)
     field = np.asarray(Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
-    if rng.random() < 0.5:
+    mean = field.reshape(-1, 3).mean(axis=0)
+    field = mean + np.float32(rng.uniform(*BACKGROUND_CONTRAST)) * (field - mean)
+    if rng.random() < STRIPES_SHARE:
         angle = rng.uniform(0, math.pi)
         frequency = 2 * math.pi / rng.uniform(4, size / 4)
         axis = np.arange(size, dtype=np.float32) * np.float32(frequency)
         stripes = np.sin(axis[None, :] * np.float32(math.cos(angle)) + axis[:, None] * np.float32(math.sin(angle)))
-        tint = (rng.uniform(10, 40) * rng.uniform(0.3, 1.0, 3)).astype(np.float32)
+        tint = (rng.uniform(5, 20) * rng.uniform(0.3, 1.0, 3)).astype(np.float32)
         field += stripes[:, :, None] * tint
     return field
 
@@ -180,7 +185,7 @@ def _object_color(background: np.ndarray, rng: np.random.Generator) -> np.ndarra
 def render_shapes_image(size: int, rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     """One image and its objects as dicts with `category_id`, `bbox` (xywh) and `area`."""
     clutter = Image.fromarray(np.clip(_background(size, rng), 0, 255).astype(np.uint8))
-    _draw_distractors(clutter, int(rng.integers(2, 7)), rng, blobs=True)
+    _draw_distractors(clutter, int(rng.integers(0, 3)), rng, blobs=True)
     canvas = np.array(clutter, dtype=np.float32)
 
     count = 0 if rng.random() < EMPTY_IMAGE_SHARE else int(rng.integers(1, MAX_OBJECTS + 1))
@@ -213,14 +218,14 @@ def render_shapes_image(size: int, rng: np.random.Generator) -> tuple[Image.Imag
         color = _object_color(canvas[y0 : y0 + h, x0 : x0 + w], rng)
         shading = np.linspace(-1, 1, w, dtype=np.float32)[None, :] * math.cos(rng.uniform(0, 2 * math.pi))
         shading = shading + np.linspace(-1, 1, h, dtype=np.float32)[:, None] * math.sin(rng.uniform(0, 2 * math.pi))
-        fill = color + (rng.uniform(0, 40) * shading)[:, :, None]
+        fill = color + (rng.uniform(0, 25) * shading)[:, :, None]
         region = canvas[y0 : y0 + h, x0 : x0 + w]
         region += (fill - region) * alpha[:, :, None]
         objects.append({"category_id": CATEGORIES[category][0], "bbox": [x0, y0, w, h], "area": area})
 
-    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(2, 8))
+    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(2, 5))
     image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
-    _draw_distractors(image, int(rng.integers(0, 4)), rng, blobs=False)
+    _draw_distractors(image, int(rng.integers(0, 2)), rng, blobs=False)
     return image, objects
 
 
