@@ -102,7 +102,7 @@ def main() -> None:
                    "--calib-images", str(ev["calib_images"]), "--val-images", str(ev["val_images"]),
                    "--batch-size", str(ev["batch_size"]), "--workers", "0", "--seed", str(args.seed),
                    "--no-progress", "--out", str(evolve_dir)], args.threads)
-    winner = load_arch_file(evolve_dir / "best.yaml")
+    winner, _ = load_arch_file(evolve_dir / "best.yaml")
     nets = {"searched": winner, **references(predictor, winner)}
 
     timing = table_timing(table)
