@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, help="peak LR (default: linear scaling, 0.4 x batch / 512)")
     ap.add_argument("--warmup-iters", type=int, default=20)
+    ap.add_argument("--epochs", type=int, help="override the epochs sized from the throughput probe")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workers", type=int, default=1)
@@ -53,9 +54,12 @@ def main() -> None:
     for name, ratio in WIDTHS.items():
         arch_files[name] = bench / f"{name}.yaml"
         save_arch(space.uniform(ratio).replace(input_size=args.input_size), arch_files[name])
-    img_s = probe_img_per_s(arch_files["wide"], args.batch_size, args.input_size, args.threads)
-    epochs = epochs_for_budget(60 * args.budget_min, img_s, count_train_images(data))
-    print(f"probe (wide): {img_s:.1f} img/s -> {epochs} epochs for both widths")
+    if args.epochs is None:
+        img_s = probe_img_per_s(arch_files["wide"], args.batch_size, args.input_size, args.threads)
+        epochs = epochs_for_budget(60 * args.budget_min, img_s, count_train_images(data))
+        print(f"probe (wide): {img_s:.1f} img/s -> {epochs} epochs for both widths")
+    else:
+        epochs = args.epochs
 
     runs = []
     for seed in args.seeds:
