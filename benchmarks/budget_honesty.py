@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
-from supernet_ranking import DEFAULT_TABLE, run
+from supernet_ranking import DEFAULT_TABLE, evolve_command, run
 from train_common import BENCH_ROOT, ensure_shapes, write_result
 
 from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE, choose_budget
@@ -70,13 +70,7 @@ def main() -> None:
         budget = choose_budget(predictor.range_ms(), fraction)
         evolve_dir = run_dir / f"evolve-{fraction:g}"
         if not (evolve_dir / "best.yaml").is_file():
-            run(nas + ["evolve", "--supernet", str(supernet), "--latency-table", str(args.latency_table),
-                       "--latency-budget", f"{budget}ms", "--data", str(data), "--population", str(ev["population"]),
-                       "--parents", str(ev["parents"]), "--mutations", str(ev["mutations"]),
-                       "--crossovers", str(ev["crossovers"]), "--generations", str(ev["generations"]),
-                       "--calib-images", str(ev["calib_images"]), "--val-images", str(ev["val_images"]),
-                       "--batch-size", str(ev["batch_size"]), "--workers", "0", "--seed", str(args.seed),
-                       "--no-progress", "--out", str(evolve_dir)], args.threads)
+            run(evolve_command(nas, supernet, args.latency_table, budget, data, ev, args.seed, evolve_dir), args.threads)
         retrain_dir = run_dir / f"retrain-{fraction:g}"
         if not (retrain_dir / "metrics.json").is_file():
             run(nas + ["retrain", str(evolve_dir / "best.yaml"), "--data", str(data), "--epochs",

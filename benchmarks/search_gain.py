@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import yaml
-from supernet_ranking import DEFAULT_TABLE, run
+from supernet_ranking import DEFAULT_TABLE, evolve_command, run
 from train_common import BENCH_ROOT, ensure_shapes, write_result
 
 from picodet_nas.arch import PRESETS, Arch, load_arch_file, save_arch
@@ -95,13 +95,7 @@ def main() -> None:
     if args.supernet is None and args.space == qs["space"] and (shared / "best.yaml").is_file():
         evolve_dir = shared  # the same search (same supernet, table, budget, settings and seed)
     elif not (evolve_dir / "best.yaml").is_file():
-        run(nas + ["evolve", "--supernet", str(supernet), "--latency-table", str(args.latency_table),
-                   "--latency-budget", f"{budget}ms", "--data", str(data), "--population", str(ev["population"]),
-                   "--parents", str(ev["parents"]), "--mutations", str(ev["mutations"]),
-                   "--crossovers", str(ev["crossovers"]), "--generations", str(ev["generations"]),
-                   "--calib-images", str(ev["calib_images"]), "--val-images", str(ev["val_images"]),
-                   "--batch-size", str(ev["batch_size"]), "--workers", "0", "--seed", str(args.seed),
-                   "--no-progress", "--out", str(evolve_dir)], args.threads)
+        run(evolve_command(nas, supernet, args.latency_table, budget, data, ev, args.seed, evolve_dir), args.threads)
     winner, _ = load_arch_file(evolve_dir / "best.yaml")
     nets = {"searched": winner, **references(predictor, winner)}
 

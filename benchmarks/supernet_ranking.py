@@ -82,6 +82,19 @@ def run(cmd: list[str], threads: int | None) -> None:
         sys.exit(f"command failed (exit {r.returncode}): {' '.join(cmd)}")
 
 
+def evolve_command(nas: list[str], supernet: Path, table: Path, budget_ms: float, data: Path, evolve: dict,
+                   seed: int, out: Path) -> list[str]:
+    """`nas evolve` under `budget_ms` with the search settings of a quickstart.yaml `evolve` section,
+    scoring in this process (the other benchmarks share the cores)."""
+    return nas + ["evolve", "--supernet", str(supernet), "--latency-table", str(table),
+                  "--latency-budget", f"{budget_ms}ms", "--data", str(data), "--population", str(evolve["population"]),
+                  "--parents", str(evolve["parents"]), "--mutations", str(evolve["mutations"]),
+                  "--crossovers", str(evolve["crossovers"]), "--generations", str(evolve["generations"]),
+                  "--calib-images", str(evolve["calib_images"]), "--val-images", str(evolve["val_images"]),
+                  "--batch-size", str(evolve["batch_size"]), "--workers", "0", "--seed", str(seed),
+                  "--no-progress", "--out", str(out)]
+
+
 def last_row(metrics_csv: Path) -> dict:
     rows = list(csv.DictReader(metrics_csv.open()))
     return rows[-1]
