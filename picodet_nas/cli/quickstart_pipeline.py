@@ -33,7 +33,7 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from ..errors import UserError
-from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.io import atomic_write_json, atomic_write_text, read_config_yaml
 
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 SECTIONS = ("dataset", "supernet", "profile", "budget", "evolve", "retrain")
@@ -85,13 +85,7 @@ class QuickstartConfig:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise UserError(f"{path}: cannot read config file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError(f"{path}: not valid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
+    doc = read_config_yaml(path)
     doc = {} if doc is None else doc
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a mapping with the keys {', '.join(TOP_KEYS)}")

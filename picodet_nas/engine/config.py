@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from ..arch import Arch
 from ..errors import UserError
+from ..utils.io import read_config_yaml
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -179,13 +178,7 @@ def load_flat_config(path: str | Path, allowed: Iterable[str]) -> dict[str, Any]
     Unknown keys are an error naming the key and the closest known option, never ignored.
     """
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise UserError(f"{path}: cannot read config file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError(f"{path}: not valid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
+    doc = read_config_yaml(path)
     if doc is None:
         return {}
     if not isinstance(doc, dict):

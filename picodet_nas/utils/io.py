@@ -44,3 +44,20 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     import torch
 
     _atomic(path, lambda p: torch.save(obj, p))
+
+
+def read_config_yaml(path: str | Path) -> Any:
+    """The document of a YAML config file (`yaml.safe_load`); a missing or unreadable file and
+    invalid YAML are one-line `UserError`s naming the file (and the line, where YAML says)."""
+    import yaml
+
+    from ..errors import UserError
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise UserError(f"{path}: cannot read config file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise UserError(f"{path}: not valid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
