@@ -237,7 +237,8 @@ class _TwoSizes:
 
 
 @pytest.mark.parametrize("plan", ["static", "two passes"])
-def test_train_step_equals_a_hand_written_step(tmp_path, plan):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_train_step_equals_a_hand_written_step(tmp_path, plan, channels_last):
     import copy
 
     from engine_helpers import TINY_ARCH, shapes
@@ -255,7 +256,8 @@ def test_train_step_equals_a_hand_written_step(tmp_path, plan):
     torch.manual_seed(0)
     model = build_model(arch, dataset.num_classes)
     reference = copy.deepcopy(model)
-    cfg = TrainConfig.for_arch(arch, epochs=1, batch_size=2, lr=0.1, warmup_iters=0, workers=0, device="cpu")
+    cfg = TrainConfig.for_arch(arch, epochs=1, batch_size=2, lr=0.1, warmup_iters=0, workers=0, device="cpu",
+                               channels_last=channels_last)
     trainer = Trainer(model, StaticPlan(64) if plan == "static" else _TwoSizes(), cfg, dataset, tmp_path,
                       DistInfo(0, 1, 0, torch.device("cpu")), meta={})
     g = torch.Generator().manual_seed(1)
@@ -264,6 +266,9 @@ def test_train_step_equals_a_hand_written_step(tmp_path, plan):
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
     trainer.train_step(images, targets)
 
+    # The same memory layout as the trainer's (NHWC kernels sum in another order than NCHW ones).
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    reference.to(memory_format=layout)
     decay, no_decay = split_decay(reference)
     params = dict(reference.named_parameters())
     opt = torch.optim.SGD([{"params": [params[n] for n in decay], "weight_decay": 4e-5},
@@ -272,6 +277,7 @@ def test_train_step_equals_a_hand_written_step(tmp_path, plan):
     sizes = [64] if plan == "static" else [64, 32]
     for size in sizes:
         x, boxes = resize_batch(images, [t["boxes"] for t in targets], size)
+        x = x.contiguous(memory_format=layout)
         loss, _ = loss_fn(*flatten_outputs(reference(x), dataset.num_classes), boxes, [t["labels"] for t in targets])
         loss.backward()
     opt.step()

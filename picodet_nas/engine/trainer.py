@@ -128,7 +128,8 @@ class Trainer:
         self.device = dist_info.device
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
 
-        self.model = model.to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.num_classes = model.num_classes
         # The evaluation copy is made before DDP wraps the model (DDP hooks must not be copied).
         self._eval_model = copy.deepcopy(self.model) if (dist_info.is_main and evaluator is not None) else None
@@ -276,6 +277,7 @@ class Trainer:
         for net_pass in passes:
             size = pass_size(images.shape[-1], self.plan.base_input_size, net_pass.input_size)
             x, bx = resize_batch(images, boxes, size)
+            x = x.contiguous(memory_format=self.memory_format)
             with autocast(self.device, self.amp_dtype):
                 outs = self.net(x) if net_pass.arch is None else self.net(x, net_pass.arch)
             cls_logits, reg_logits, priors = flatten_outputs([o.float() for o in outs], self.num_classes)
