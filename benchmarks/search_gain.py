@@ -9,7 +9,10 @@ measured. References:
   the input size of the space whose predicted latency is nearest the winner's;
 * the presets whose backbone scale is the space's (picodet-s for `esnet_s` and
   `picodet_s_joint`), at the input size (multiple of 32) whose predicted latency is nearest the
-  winner's, when the preset is a member of the space at that size.
+  winner's, when the preset is a member of the space at that size;
+
+and of these only the ones within `--tolerance` (15%) of the winner's predicted latency (the
+nearest one alone when none is that close): a network twice as slow is no reference.
 
 Defaults are the quick start's settings (space, data, supernet, evolve and retrain sections of
 `picodet_nas/configs/quickstart.yaml`); `--space`, `--latency-table`, `--supernet`, `--data` and
@@ -38,23 +41,29 @@ from picodet_nas.latency import load_table, measure_latency, table_timing
 from picodet_nas.latency.predictor import LatencyPredictor
 
 
-def references(predictor: LatencyPredictor, winner: Arch) -> dict[str, Arch]:
-    """Hand-designed networks of about the winner's predicted latency (see the module doc)."""
+def references(predictor: LatencyPredictor, winner: Arch, tolerance: float = 0.15) -> dict[str, Arch]:
+    """Hand-designed networks of about the winner's predicted latency (see the module doc): of
+    each family, the input size nearest the winner's latency; a family whose nearest member is
+    more than `tolerance` (relative) away is left out, unless no family comes that close, in
+    which case the single nearest network is kept."""
     space, target = predictor.space, predictor.predict(winner)
-    refs: dict[str, Arch] = {}
-    for ratio in space.choices.get("channel_ratio", ()):
-        options = [space.uniform(ratio).replace(input_size=s) for s in predictor.input_sizes]
+    nearest: dict[str, Arch] = {}
+    families = [(f"uniform-{r:g}", space.uniform(r)) for r in space.choices.get("channel_ratio", ())]
+    families += [(name, preset) for name, preset in PRESETS.items() if preset.scale == space.base.scale]
+    for name, base in families:
+        options = [base.replace(input_size=s) for s in predictor.input_sizes]
         options = [a for a in options if space.contains(a)]
         if options:
-            refs[f"uniform-{ratio:g}"] = min(options, key=lambda a: abs(predictor.predict(a) - target))
-    for name, preset in PRESETS.items():
-        if preset.scale != space.base.scale:
-            continue
-        options = [preset.replace(input_size=s) for s in predictor.input_sizes]
-        options = [a for a in options if space.contains(a)]
-        if options:
-            refs[name] = min(options, key=lambda a: abs(predictor.predict(a) - target))
-    return refs
+            nearest[name] = min(options, key=lambda a: abs(predictor.predict(a) - target))
+
+    def gap(arch: Arch) -> float:
+        return abs(predictor.predict(arch) - target) / target
+
+    close = {name: arch for name, arch in nearest.items() if gap(arch) <= tolerance}
+    if not close and nearest:
+        name = min(nearest, key=lambda n: gap(nearest[n]))
+        close = {name: nearest[name]}
+    return close
 
 
 def main() -> None:
@@ -66,6 +75,11 @@ def main() -> None:
     ap.add_argument("--supernet", type=Path, help="supernet.pt of the space (default: the ranking benchmark's "
                     "uniform supernet)")
     ap.add_argument("--fraction", type=float, default=0.5, help="budget along the table's latency range")
+    ap.add_argument("--budget-ms", type=float, help="the latency budget in ms (overrides --fraction), e.g. the "
+                    "predicted latency of a preset, to ask whether the search beats it at its own speed")
+    ap.add_argument("--tolerance", type=float, default=0.15,
+                    help="keep the hand-designed references within this relative latency of the winner's "
+                         "(default: 0.15)")
     ap.add_argument("--epochs", type=int, default=qs["retrain"]["epochs"])
     ap.add_argument("--batch-size", type=int, default=qs["retrain"]["batch_size"])
     ap.add_argument("--lr", type=float, default=qs["retrain"]["lr"])
@@ -88,16 +102,17 @@ def main() -> None:
     nas = [sys.executable, "-m", "picodet_nas.cli.main"]
     table = load_table(args.latency_table)
     predictor = LatencyPredictor(table, str(args.latency_table))
-    budget = choose_budget(predictor.range_ms(), args.fraction)
+    budget = args.budget_ms if args.budget_ms is not None else choose_budget(predictor.range_ms(), args.fraction)
 
     evolve_dir = run_dir / "evolve"
     shared = BENCH_ROOT / f"budget-honesty-s{args.seed}" / f"evolve-{args.fraction:g}"
-    if args.supernet is None and args.space == qs["space"] and (shared / "best.yaml").is_file():
+    reuse = args.supernet is None and args.budget_ms is None and args.space == qs["space"]
+    if reuse and (shared / "best.yaml").is_file():
         evolve_dir = shared  # the same search (same supernet, table, budget, settings and seed)
     elif not (evolve_dir / "best.yaml").is_file():
         run(evolve_command(nas, supernet, args.latency_table, budget, data, ev, args.seed, evolve_dir), args.threads)
     winner, _ = load_arch_file(evolve_dir / "best.yaml")
-    nets = {"searched": winner, **references(predictor, winner)}
+    nets = {"searched": winner, **references(predictor, winner, args.tolerance)}
 
     timing = table_timing(table)
     rows = []
@@ -115,7 +130,9 @@ def main() -> None:
                      "params": m["params"], "flops": m["flops"], "predicted_ms": round(predictor.predict(arch), 4),
                      "measured_ms": round(measured, 4)})
 
-    print(f"\nbudget {budget:.3f} ms ({args.fraction:g} of the way from {predictor.fastest_ms:.3f} ms to the slowest)")
+    where = ("given" if args.budget_ms is not None
+             else f"{args.fraction:g} of the way from {predictor.fastest_ms:.3f} ms to the slowest")
+    print(f"\nbudget {budget:.3f} ms ({where})")
     print(f"{'network':>14} {'mAP':>7} {'mAP50':>7} {'pred ms':>8} {'meas ms':>8} {'params':>8}")
     for r in rows:
         print(f"{r['name']:>14} {r['mAP']:>7.4f} {r['mAP50']:>7.4f} {r['predicted_ms']:>8.3f} {r['measured_ms']:>8.3f} "
