@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=qs["retrain"]["batch_size"])
     ap.add_argument("--lr", type=float, default=qs["retrain"]["lr"])
     ap.add_argument("--warmup-iters", type=int, default=qs["retrain"]["warmup_iters"])
+    ap.add_argument("--bn-freeze-epochs", type=int, default=0, help="nas retrain --bn-freeze-epochs (default: 0)")
+    ap.add_argument("--grad-clip", type=float, default=0.0, help="nas retrain --grad-clip (default: 0)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", type=Path, help="where the runs go (default: runs/bench/search-gain-<space>-s<seed>)")
@@ -122,7 +124,8 @@ def main() -> None:
             save_arch(arch, run_dir / f"{name}.yaml")
             run(nas + ["retrain", str(run_dir / f"{name}.yaml"), "--data", str(data), "--epochs", str(args.epochs),
                        "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-iters",
-                       str(args.warmup_iters), "--eval-interval", str(args.epochs), "--workers", "0", "--seed",
+                       str(args.warmup_iters), "--bn-freeze-epochs", str(args.bn_freeze_epochs), "--grad-clip",
+                       str(args.grad_clip), "--eval-interval", str(args.epochs), "--workers", "0", "--seed",
                        str(args.seed), "--device", "cpu", "--no-measure-latency", "--out", str(out)], args.threads)
         m = json.loads((out / "metrics.json").read_text())
         measured = measure_latency(arch, num_classes=predictor.num_classes, **timing)["latency_ms"]
@@ -139,7 +142,8 @@ def main() -> None:
               f"{r['params'] / 1e6:>7.3f}M")
     write_result(args.out, {"benchmark": "search_gain", "space": args.space, "latency_table": str(args.latency_table),
                             "supernet": str(supernet), "budget_ms": budget, "data": str(data), "epochs": args.epochs,
-                            "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "rows": rows,
+                            "batch_size": args.batch_size, "lr": args.lr, "bn_freeze_epochs": args.bn_freeze_epochs,
+                            "grad_clip": args.grad_clip, "seed": args.seed, "rows": rows,
                             "total_time_s": round(time.perf_counter() - started, 1)})
 
 

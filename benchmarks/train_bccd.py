@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from train_common import (BENCH_ROOT, count_train_images, epochs_for_budget, print_curve, probe_img_per_s,
+from train_common import (BENCH_ROOT, add_bn_freeze_flags,
+                          count_train_images, epochs_for_budget, print_curve, probe_img_per_s,
                           read_curve, run_retrain, write_result)
 
 DEFAULT_BCCD = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "bccd"
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the result JSON here")
+    add_bn_freeze_flags(ap)
     args = ap.parse_args()
 
     if not (args.data / "annotations" / "instances_train.json").is_file():
@@ -50,7 +52,8 @@ def main() -> None:
     run_dir = BENCH_ROOT / f"bccd-{time.strftime('%Y%m%d-%H%M%S')}"
     total_s = run_retrain(args.arch, args.data, run_dir, input_size=args.input_size, epochs=epochs,
                           batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup_iters, seed=args.seed,
-                          threads=args.threads, workers=args.workers, eval_interval=args.eval_interval)
+                          threads=args.threads, workers=args.workers, eval_interval=args.eval_interval,
+                          bn_freeze_epochs=args.bn_freeze_epochs, grad_clip=args.grad_clip)
     curve = read_curve(run_dir)
     print()
     print_curve(curve)

@@ -59,12 +59,13 @@ def epochs_for_budget(budget_s: float, img_per_s: float, train_images: int) -> i
 
 def run_retrain(arch: str | Path, data: Path, run_dir: Path, *, input_size: int, epochs: int, batch_size: int,
                 lr: float | None, warmup_iters: int, seed: int, threads: int, workers: int,
-                eval_interval: int = 1) -> float:
+                eval_interval: int = 1, bn_freeze_epochs: int = 0, grad_clip: float = 0.0) -> float:
     """`nas retrain` with these explicit settings; returns its wall time in seconds."""
     cmd = [sys.executable, "-m", "picodet_nas.cli.main", "retrain", str(arch), "--data", str(data),
            "--input-size", str(input_size), "--epochs", str(epochs), "--batch-size", str(batch_size),
            "--warmup-iters", str(warmup_iters), "--eval-interval", str(eval_interval), "--workers", str(workers),
-           "--seed", str(seed), "--device", "cpu", "--out", str(run_dir)]
+           "--seed", str(seed), "--device", "cpu", "--bn-freeze-epochs", str(bn_freeze_epochs),
+           "--grad-clip", str(grad_clip), "--out", str(run_dir)]
     if lr is not None:
         cmd += ["--lr", str(lr)]
     print(" ".join(cmd), flush=True)
@@ -73,6 +74,13 @@ def run_retrain(arch: str | Path, data: Path, run_dir: Path, *, input_size: int,
     if r.returncode != 0:
         sys.exit(f"nas retrain failed (exit {r.returncode})")
     return time.perf_counter() - t0
+
+
+def add_bn_freeze_flags(ap) -> None:
+    """The `nas retrain` flags against the small-batch BN discrepancy (see the README)."""
+    ap.add_argument("--bn-freeze-epochs", type=int, default=0,
+                    help="train the last N epochs with BN on its running statistics (default: 0)")
+    ap.add_argument("--grad-clip", type=float, default=0.0, help="max global gradient norm (default: 0, none)")
 
 
 def read_curve(run_dir: Path) -> list[dict]:

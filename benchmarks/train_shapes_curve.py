@@ -23,7 +23,8 @@ import os
 import time
 from pathlib import Path
 
-from train_common import (BENCH_ROOT, count_train_images, ensure_shapes, epochs_for_budget, print_curve,
+from train_common import (BENCH_ROOT, add_bn_freeze_flags,
+                          count_train_images, ensure_shapes, epochs_for_budget, print_curve,
                           probe_img_per_s, read_curve, run_retrain, write_result)
 
 
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.50, help="mAP@[.5:.95] to reach (default: 0.50)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the result JSON here")
+    add_bn_freeze_flags(ap)
     args = ap.parse_args()
 
     data = args.data or ensure_shapes(args.train_images, args.val_images)
@@ -58,7 +60,8 @@ def main() -> None:
     run_dir = BENCH_ROOT / f"shapes-curve-{time.strftime('%Y%m%d-%H%M%S')}"
     total_s = run_retrain(args.arch, data, run_dir, input_size=args.input_size, epochs=epochs,
                           batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup_iters, seed=args.seed,
-                          threads=args.threads, workers=args.workers)
+                          threads=args.threads, workers=args.workers,
+                          bn_freeze_epochs=args.bn_freeze_epochs, grad_clip=args.grad_clip)
 
     curve = read_curve(run_dir)
     within = [p for p in curve if "mAP" in p and p["train_time_s"] <= budget_s]
@@ -73,6 +76,7 @@ def main() -> None:
     write_result(args.out, {
         "benchmark": "train_shapes_curve", "arch": args.arch, "input_size": args.input_size,
         "batch_size": args.batch_size, "lr": args.lr, "warmup_iters": args.warmup_iters, "epochs": epochs,
+        "bn_freeze_epochs": args.bn_freeze_epochs, "grad_clip": args.grad_clip,
         "threads": args.threads, "data": str(data), "train_images": train_images,
         "budget_s": budget_s, "target_mAP": args.target, "target_met": ok, "best_within_budget": best,
         "reached_target": reached, "curve": curve, "run_dir": str(run_dir), "total_time_s": round(total_s, 1)})

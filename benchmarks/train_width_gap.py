@@ -19,7 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from train_common import (BENCH_ROOT, count_train_images, ensure_shapes, epochs_for_budget, probe_img_per_s,
+from train_common import (BENCH_ROOT, add_bn_freeze_flags,
+                          count_train_images, ensure_shapes, epochs_for_budget, probe_img_per_s,
                           read_curve, run_retrain, write_result)
 
 from picodet_nas.arch import save_arch
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", help="write the result JSON here")
+    add_bn_freeze_flags(ap)
     args = ap.parse_args()
 
     data = args.data or ensure_shapes(args.train_images, args.val_images)
@@ -67,7 +69,8 @@ def main() -> None:
             run_dir = bench / f"{name}-seed{seed}"
             run_retrain(arch_files[name], data, run_dir, input_size=args.input_size, epochs=epochs,
                         batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup_iters, seed=seed,
-                        threads=args.threads, workers=args.workers, eval_interval=epochs)
+                        threads=args.threads, workers=args.workers, eval_interval=epochs,
+                        bn_freeze_epochs=args.bn_freeze_epochs, grad_clip=args.grad_clip)
             final = read_curve(run_dir)[-1]
             runs.append({"width": name, "ratio": WIDTHS[name], "seed": seed, "mAP": final["mAP"],
                          "mAP50": final["mAP50"], "train_time_s": final["train_time_s"], "run_dir": str(run_dir)})

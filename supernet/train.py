@@ -131,6 +131,9 @@ def train_supernet(space_spec: str | Path, data: str | Path, *, options: Mapping
 
 
 def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
+    if options.get("bn_freeze_epochs"):
+        raise UserError("--bn-freeze-epochs is for nas retrain only: a supernet's BN statistics belong to no one "
+                        "subnet (each candidate's are recalibrated when it is scored)")
     space = load_space(space_spec)
     sn_given = {k: options.pop(k) for k in ("strategy", "num_random", "calib_images") if k in options}
     sn_options = _supernet_options(sn_given)

@@ -72,6 +72,12 @@ def test_overrides_and_cosine_horizon_follow_epochs():
         TrainConfig.for_arch(PRESETS["picodet-s"], batch_size=0)
     with pytest.raises(UserError, match="device must be one of"):
         TrainConfig.for_arch(PRESETS["picodet-s"], device="tpu")
+    with pytest.raises(UserError, match=r"bn-freeze-epochs must be at most --epochs \(3\)"):
+        TrainConfig.for_arch(PRESETS["picodet-s"], epochs=3, bn_freeze_epochs=4)
+    with pytest.raises(UserError, match="bn-freeze-epochs must be an integer >= 0"):
+        TrainConfig.for_arch(PRESETS["picodet-s"], bn_freeze_epochs=-1)
+    with pytest.raises(UserError, match="grad-clip must be a number >= 0"):
+        TrainConfig.for_arch(PRESETS["picodet-s"], grad_clip=-1.0)
 
 
 # ---- weight decay -------------------------------------------------------------------------
@@ -286,3 +292,63 @@ def test_train_step_equals_a_hand_written_step(tmp_path, plan, channels_last):
     assert trainer.ema.step == 1 and trainer.progress.step == 1
     first = next(iter(trainer.ema.shadow))
     assert torch.allclose(trainer.ema.shadow[first], 0.9 * model.state_dict()[first])  # d_0 = 0.1
+
+
+def _tiny_trainer(tmp_path, **overrides):
+    from engine_helpers import TINY_ARCH, shapes
+    from picodet_nas.arch import load_arch_file
+    from picodet_nas.data import CocoDetection
+    from picodet_nas.engine import Trainer
+    from picodet_nas.engine.distributed import DistInfo
+
+    data = shapes(tmp_path / "d", train=4, val=1, size=64)
+    dataset = CocoDetection(data / "annotations" / "instances_train.json", data / "images")
+    (tmp_path / "a.yaml").write_text(TINY_ARCH)
+    arch, _ = load_arch_file(tmp_path / "a.yaml")
+    torch.manual_seed(0)
+    cfg = TrainConfig.for_arch(arch, **{"batch_size": 2, "lr": 0.1, "warmup_iters": 0, "workers": 0,
+                                        "device": "cpu", "input_size": 64, **overrides})
+    return Trainer(build_model(arch, dataset.num_classes), StaticPlan(64), cfg, dataset, tmp_path / "run",
+                   DistInfo(0, 1, 0, torch.device("cpu")), meta={})
+
+
+def _bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+
+
+def test_bn_freeze_keeps_the_running_statistics_of_the_last_epochs(tmp_path):
+    trainer = _tiny_trainer(tmp_path, epochs=3, bn_freeze_epochs=2)
+    frozen_at = {}
+    original = trainer._train_epoch
+
+    def spy(epoch):
+        frozen_at[epoch] = (_bn_buffers(trainer.model), trainer.ema.step,
+                            all(not m.training for m in trainer.model.modules() if isinstance(m, nn.BatchNorm2d)),
+                            trainer.model.backbone.training)
+        return original(epoch)
+
+    trainer._train_epoch = spy
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit()
+    after_first = frozen_at[1][0]
+    steps = trainer.iters_per_epoch
+    assert frozen_at[0][2] is False and frozen_at[1][2] is True and frozen_at[2][2] is True
+    assert frozen_at[1][3] is True  # the rest of the network still trains
+    assert any(not torch.equal(a, frozen_at[0][0][k]) for k, a in after_first.items())  # epoch 1 updated them
+    final = _bn_buffers(trainer.model)
+    assert all(torch.equal(final[k], v) for k, v in after_first.items())  # epochs 2-3 did not
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+    # The EMA restarted when the freeze began: it holds the last two epochs' steps only.
+    assert frozen_at[1][1] == 0 and trainer.ema.step == 2 * steps
+
+
+def test_grad_clip_bounds_the_first_update(tmp_path):
+    trainer = _tiny_trainer(tmp_path, epochs=1, grad_clip=1e-3, weight_decay=0.0)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([2])},
+               {"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([0])}]
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train_step(images, targets)
+    # SGD's first step moves the weights by lr x gradient, here the clipped one: norm 1e-3.
+    moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(trainer.model.parameters(), before)))
+    assert moved.item() == pytest.approx(0.1 * 1e-3, rel=1e-3)

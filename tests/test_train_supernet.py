@@ -66,6 +66,8 @@ def test_config_file_and_unknown_key(work):
     write(work / "bad2.yaml", "space: tiny_space.yaml\nstrategy: greedy\n")
     assert "strategy: 'greedy' is not one of" in one_line_error(
         nas("train-supernet", "-c", "bad2.yaml", "--data", "data", cwd=work))
+    assert "--bn-freeze-epochs is for nas retrain only" in one_line_error(
+        nas("train-supernet", "--space", "tiny_space.yaml", "--data", "data", "--bn-freeze-epochs", "1", cwd=work))
 
 
 def test_sigkill_then_resume_continues_from_the_last_checkpoint(work):

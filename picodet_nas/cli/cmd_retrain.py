@@ -37,6 +37,13 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
                         "uses the GPU of its LOCAL_RANK")
     p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"),
                    help="mixed precision (default: auto, bf16 or fp16 on a GPU, none on a CPU)")
+    p.add_argument("--bn-freeze-epochs", type=int, metavar="N",
+                   help="train the last N epochs with BN in eval mode, on its running statistics (default: 0); "
+                        "with small batches (e.g. 8 on a CPU) this keeps the evaluated model from losing "
+                        "accuracy to the difference between batch and running statistics")
+    p.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help="clip the global gradient norm to NORM (default: 0, no clipping); use with "
+                        "--bn-freeze-epochs, whose first steps can have large gradients")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout (default: on; about 1.25x the training throughput of NCHW on a CPU)")
     p.add_argument("--workers", type=int, help="data-loading worker processes (default: 2); does not change results")
@@ -48,7 +55,7 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
 
 
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "warmup_iters", "cosine_epochs", "eval_interval", "device", "amp",
-                 "channels_last", "workers", "seed", "log_interval")
+                 "bn_freeze_epochs", "grad_clip", "channels_last", "workers", "seed", "log_interval")
 
 
 def merged_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:

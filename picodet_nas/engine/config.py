@@ -84,6 +84,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
+    bn_freeze_epochs: int = 0  # the last N epochs train with BN in eval mode (its running statistics)
+    grad_clip: float = 0.0  # max global gradient norm; 0: no clipping
     channels_last: bool = True  # NHWC activations: about 1.25x the training throughput of NCHW on a CPU
     log_interval: int = 20
 
@@ -155,7 +157,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "reference_batch", "cosine_epochs", "eval_interval",
                      "eval_batch_size", "log_interval"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a positive integer")
-        for name in ("warmup_iters", "workers", "seed", "ema_warmup", "ema_cycle_epochs"):
+        for name in ("warmup_iters", "workers", "seed", "ema_warmup", "ema_cycle_epochs", "bn_freeze_epochs"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an integer >= 0")
         need(self.lr is None or (is_num(self.lr) and self.lr > 0), "lr", "a positive number")
         need(is_num(self.base_lr) and self.base_lr > 0, "base_lr", "a positive number")
@@ -165,6 +167,8 @@ class TrainConfig:
         need(is_num(self.ema_decay) and 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         need(isinstance(self.ema, bool), "ema", "true or false")
         need(isinstance(self.channels_last, bool), "channels_last", "true or false")
+        need(is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0: no clipping)")
+        need(self.bn_freeze_epochs <= self.epochs, "bn_freeze_epochs", f"at most --epochs ({self.epochs})")
         need(is_int(self.input_size) and self.input_size % 32 == 0 and self.input_size >= 64, "input_size",
              "a multiple of 32, at least 64")
         need(bool(self.train_sizes) and all(s % 32 == 0 and s >= 32 for s in self.train_sizes), "train_sizes",

@@ -216,6 +216,7 @@ class Trainer:
         weights: dict[str, torch.Tensor] = {}
         session_start, session_wall = time.perf_counter(), p.wall_time_s
         for epoch in range(p.epoch, cfg.epochs):
+            self._set_bn_mode(epoch)
             losses = self._train_epoch(epoch)
             weights = self.ema.end_epoch(self.model) if self.ema else {
                 k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -229,6 +230,29 @@ class Trainer:
             self._log_epoch(row, metrics)
             barrier(self.dist)
         return self._result(weights)
+
+    def bn_frozen(self, epoch: int) -> bool:
+        """Whether `epoch` (0-based) is one of the last `bn_freeze_epochs`."""
+        return epoch >= self.cfg.epochs - self.cfg.bn_freeze_epochs
+
+    def _set_bn_mode(self, epoch: int) -> None:
+        """Train the last `bn_freeze_epochs` with every BN layer in eval mode.
+
+        With small batches (8 images on a CPU) the network learns to rely on each batch's own
+        statistics, and in eval mode, with the running statistics, it can lose more than half its
+        mAP (see the README). Training on for a while with the running statistics fixed lets the
+        weights adapt to the statistics they will be evaluated with. The EMA restarts when the
+        freeze starts, so the final weights average the frozen phase only.
+        """
+        if not self.bn_frozen(epoch):
+            return
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        if epoch == self.cfg.epochs - self.cfg.bn_freeze_epochs and self.ema is not None:
+            self.ema.reset()
+            self.log.info(f"epoch {epoch + 1}: BN statistics frozen for the last {self.cfg.bn_freeze_epochs} "
+                          "epoch(s); the EMA restarts")
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, p = self.cfg, self.progress
@@ -289,6 +313,9 @@ class Trainer:
             totals["loss"] += loss.item()
             for k in ("loss_vfl", "loss_giou", "loss_dfl", "num_pos"):
                 totals[k] += parts[k]
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
