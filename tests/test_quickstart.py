@@ -21,7 +21,7 @@ supernet: {epochs: 1, batch_size: 4, lr: 0.01, warmup_iters: 2, eval_interval: 1
 profile: {repeats: 2, warmup: 0, burst: 1, calibrate: 3, validate: 3, input_sizes: [160]}
 evolve: {population: 4, parents: 2, mutations: 2, crossovers: 2, generations: 2, calib_images: 4, val_images: 4,
          batch_size: 4, workers: 0}
-retrain: {epochs: 1, batch_size: 4, lr: 0.01, warmup_iters: 2, eval_interval: 1, log_interval: 1}
+retrain: {epochs: 2, batch_size: 4, lr: 0.01, warmup_iters: 2, bn_freeze_epochs: 1, eval_interval: 1, log_interval: 1}
 """
 
 

@@ -168,7 +168,8 @@ class TrainConfig:
         need(isinstance(self.ema, bool), "ema", "true or false")
         need(isinstance(self.channels_last, bool), "channels_last", "true or false")
         need(is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0: no clipping)")
-        need(self.bn_freeze_epochs <= self.epochs, "bn_freeze_epochs", f"at most --epochs ({self.epochs})")
+        need(self.bn_freeze_epochs == 0 or self.bn_freeze_epochs < self.epochs, "bn_freeze_epochs",
+             f"0 or less than --epochs ({self.epochs}; the first epochs estimate the statistics it freezes)")
         need(is_int(self.input_size) and self.input_size % 32 == 0 and self.input_size >= 64, "input_size",
              "a multiple of 32, at least 64")
         need(bool(self.train_sizes) and all(s % 32 == 0 and s >= 32 for s in self.train_sizes), "train_sizes",
