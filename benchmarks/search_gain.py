@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,8 @@ def main() -> None:
     ap.add_argument("--warmup-iters", type=int, default=qs["retrain"]["warmup_iters"])
     ap.add_argument("--bn-freeze-epochs", type=int, default=0, help="nas retrain --bn-freeze-epochs (default: 0)")
     ap.add_argument("--grad-clip", type=float, default=0.0, help="nas retrain --grad-clip (default: 0)")
+    ap.add_argument("--latency-rounds", type=int, default=3,
+                    help="interleaved timing rounds over all networks; the median counts (default: 3)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", type=Path, help="where the runs go (default: runs/bench/search-gain-<space>-s<seed>)")
@@ -116,7 +119,6 @@ def main() -> None:
     winner, _ = load_arch_file(evolve_dir / "best.yaml")
     nets = {"searched": winner, **references(predictor, winner, args.tolerance)}
 
-    timing = table_timing(table)
     rows = []
     for name, arch in nets.items():
         out = run_dir / f"retrain-{name}"
@@ -128,10 +130,19 @@ def main() -> None:
                        str(args.grad_clip), "--eval-interval", str(args.epochs), "--workers", "0", "--seed",
                        str(args.seed), "--device", "cpu", "--no-measure-latency", "--out", str(out)], args.threads)
         m = json.loads((out / "metrics.json").read_text())
-        measured = measure_latency(arch, num_classes=predictor.num_classes, **timing)["latency_ms"]
         rows.append({"name": name, "arch": arch.to_dict(), "mAP": m["coco"]["mAP"], "mAP50": m["coco"]["mAP50"],
-                     "params": m["params"], "flops": m["flops"], "predicted_ms": round(predictor.predict(arch), 4),
-                     "measured_ms": round(measured, 4)})
+                     "params": m["params"], "flops": m["flops"], "predicted_ms": round(predictor.predict(arch), 4)})
+
+    # Timed together, in interleaved rounds, once training is over: a shared machine's speed
+    # drifts, and one network timed during a slow minute would look slower than it is.
+    timing = table_timing(table)
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for _ in range(args.latency_rounds):
+        for name, arch in nets.items():
+            times[name].append(measure_latency(arch, num_classes=predictor.num_classes, **timing)["latency_ms"])
+    for r in rows:
+        r["measured_ms"] = round(statistics.median(times[r["name"]]), 4)
+        r["measured_rounds_ms"] = [round(t, 4) for t in times[r["name"]]]
 
     where = ("given" if args.budget_ms is not None
              else f"{args.fraction:g} of the way from {predictor.fastest_ms:.3f} ms to the slowest")
