@@ -53,7 +53,8 @@ def epochs_for_budget(budget_s: float, img_per_s: float, train_images: int) -> i
     """Epochs that fit the budget. The probe times fixed-size synthetic batches; real training
     decodes and augments in a worker that shares the cores and draws multi-scale sizes up to
     +64 px, which measured 0.67x the probe here (picodet-s at 192, batch 8, 2 cores: 41.8 img/s
-    probed, 28 img/s trained), hence the factor."""
+    probed, 28 img/s trained, both NCHW; not re-measured with channels-last), hence the factor.
+    Pass --epochs to the benchmarks for a fixed schedule."""
     return max(1, math.floor(REAL_OVER_PROBE * budget_s * img_per_s / train_images))
 
 
