@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 from supernet_ranking import DEFAULT_TABLE, evolve_command, run
-from train_common import BENCH_ROOT, ensure_shapes, write_result
+from train_common import BENCH_ROOT, add_bn_freeze_flags, ensure_shapes, write_result
 
 from picodet_nas.arch import PRESETS, Arch, load_arch_file, save_arch
 from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE, choose_budget
@@ -85,8 +85,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=qs["retrain"]["batch_size"])
     ap.add_argument("--lr", type=float, default=qs["retrain"]["lr"])
     ap.add_argument("--warmup-iters", type=int, default=qs["retrain"]["warmup_iters"])
-    ap.add_argument("--bn-freeze-epochs", type=int, default=0, help="nas retrain --bn-freeze-epochs (default: 0)")
-    ap.add_argument("--grad-clip", type=float, default=0.0, help="nas retrain --grad-clip (default: 0)")
+    add_bn_freeze_flags(ap)
     ap.add_argument("--latency-rounds", type=int, default=3,
                     help="interleaved timing rounds over all networks; the median counts (default: 3)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -14,7 +14,10 @@ EPOCHS = "3"
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     shapes(tmp_path / "data", train=24, val=8)
     write(tmp_path / "tiny.yaml", TINY_ARCH)
-    args = ["retrain", "tiny.yaml", "--data", "data", *TINY_TRAIN, "--epochs", EPOCHS]
+    # Epoch 1 trains as usual; epochs 2-3 with BN frozen, so the killed epoch is the one where the
+    # freeze begins and the EMA restarts: the resumed run must do both again, exactly.
+    args = ["retrain", "tiny.yaml", "--data", "data", *TINY_TRAIN, "--epochs", EPOCHS,
+            "--bn-freeze-epochs", "2", "--grad-clip", "5"]
 
     r = nas(*args, "--out", "straight", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -28,6 +31,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     r = nas(*args, "--out", "killed", "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming killed" in (killed / "train.log").read_text()
+    assert "epoch 2: BN statistics frozen for the last 2 epoch(s)" in (killed / "train.log").read_text()
 
     straight = tmp_path / "straight"
     for name in ("model.pt", "last.pt"):

@@ -231,10 +231,6 @@ class Trainer:
             barrier(self.dist)
         return self._result(weights)
 
-    def bn_frozen(self, epoch: int) -> bool:
-        """Whether `epoch` (0-based) is one of the last `bn_freeze_epochs`."""
-        return epoch >= self.cfg.epochs - self.cfg.bn_freeze_epochs
-
     def _set_bn_mode(self, epoch: int) -> None:
         """Train the last `bn_freeze_epochs` with every BN layer in eval mode.
 
@@ -242,14 +238,16 @@ class Trainer:
         statistics, and in eval mode, with the running statistics, it can lose more than half its
         mAP (see the README). Training on for a while with the running statistics fixed lets the
         weights adapt to the statistics they will be evaluated with. The EMA restarts when the
-        freeze starts, so the final weights average the frozen phase only.
+        freeze starts, so the final weights average the frozen phase only. Everything follows
+        from `epoch`, so a resumed run freezes (and restarts the EMA) exactly as an unbroken one.
         """
-        if not self.bn_frozen(epoch):
+        first_frozen = self.cfg.epochs - self.cfg.bn_freeze_epochs
+        if epoch < first_frozen:
             return
         for m in self.model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
-        if epoch == self.cfg.epochs - self.cfg.bn_freeze_epochs and self.ema is not None:
+        if epoch == first_frozen and self.ema is not None:
             self.ema.reset()
             self.log.info(f"epoch {epoch + 1}: BN statistics frozen for the last {self.cfg.bn_freeze_epochs} "
                           "epoch(s); the EMA restarts")
