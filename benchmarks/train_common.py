@@ -50,11 +50,12 @@ def probe_img_per_s(arch: str | Path, batch: int, input_size: int, threads: int)
 
 
 def epochs_for_budget(budget_s: float, img_per_s: float, train_images: int) -> int:
-    """Epochs that fit the budget. The probe times fixed-size synthetic batches; real training
-    decodes and augments in a worker that shares the cores and draws multi-scale sizes up to
-    +64 px, which measured 0.67x the probe here (picodet-s at 192, batch 8, 2 cores: 41.8 img/s
-    probed, 28 img/s trained, both NCHW; not re-measured with channels-last), hence the factor.
-    Pass --epochs to the benchmarks for a fixed schedule."""
+    """Epochs that fit the budget. The probe times fixed-size synthetic NCHW batches; real
+    training decodes and augments too and draws multi-scale sizes up to +64 px. Measured here
+    (picodet-s at 192, batch 8, 2 cores): 0.67x the probe with NCHW and a worker process (41.8
+    img/s probed, 28 trained); 0.8-1.0x with channels-last and no worker (probes of 38.4 and
+    46.5 img/s, 38.2 trained), so the factor errs short. The probe of 3 steps is noisy; pass
+    --epochs to the benchmarks for a fixed schedule."""
     return max(1, math.floor(REAL_OVER_PROBE * budget_s * img_per_s / train_images))
 
 
@@ -77,11 +78,12 @@ def run_retrain(arch: str | Path, data: Path, run_dir: Path, *, input_size: int,
     return time.perf_counter() - t0
 
 
-def add_bn_freeze_flags(ap) -> None:
+def add_bn_freeze_flags(ap, freeze_epochs: int = 0, grad_clip: float = 0.0) -> None:
     """The `nas retrain` flags against the small-batch BN discrepancy (see the README)."""
-    ap.add_argument("--bn-freeze-epochs", type=int, default=0,
-                    help="train the last N epochs with BN on its running statistics (default: 0)")
-    ap.add_argument("--grad-clip", type=float, default=0.0, help="max global gradient norm (default: 0, none)")
+    ap.add_argument("--bn-freeze-epochs", type=int, default=freeze_epochs,
+                    help=f"train the last N epochs with BN on its running statistics (default: {freeze_epochs})")
+    ap.add_argument("--grad-clip", type=float, default=grad_clip,
+                    help=f"max global gradient norm (default: {grad_clip:g}; 0: none)")
 
 
 def read_curve(run_dir: Path) -> list[dict]:

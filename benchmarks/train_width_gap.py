@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="override the epochs sized from the throughput probe")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
     ap.add_argument("--out", help="write the result JSON here")
     add_bn_freeze_flags(ap)
     args = ap.parse_args()

@@ -78,6 +78,22 @@ def test_overrides_and_cosine_horizon_follow_epochs():
         TrainConfig.for_arch(PRESETS["picodet-s"], bn_freeze_epochs=-1)
     with pytest.raises(UserError, match="grad-clip must be a number >= 0"):
         TrainConfig.for_arch(PRESETS["picodet-s"], grad_clip=-1.0)
+    with pytest.raises(UserError, match="workers must be an integer >= 0"):
+        TrainConfig.for_arch(PRESETS["picodet-s"], workers=-1)
+
+
+def test_data_workers_none_on_cpu_unless_given(monkeypatch):
+    """On a CPU, worker processes would take cores from the training threads; on a GPU they feed it."""
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    auto = TrainConfig.for_arch(PRESETS["picodet-s"])
+    assert auto.workers is None
+    assert auto.data_workers(torch.device("cpu")) == 0 and auto.data_workers("cpu") == 0
+    assert auto.data_workers(torch.device("cuda", 1)) == 4 and auto.data_workers("cuda") == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert auto.data_workers("cuda") == 2
+    given = TrainConfig.for_arch(PRESETS["picodet-s"], workers=3)
+    assert given.data_workers("cpu") == 3 and given.data_workers("cuda") == 3
+    assert TrainConfig.from_dict(auto.to_dict()).workers is None  # a checkpoint's config keeps "auto"
 
 
 # ---- weight decay -------------------------------------------------------------------------

@@ -20,7 +20,8 @@ def register(sub) -> None:
                    help="COCO-format dataset (COCO 2017 or simple layout); its validation split is used")
     p.add_argument("--input-size", type=int, help="evaluate at this input size (default: the architecture's)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8, as in training)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default: 2)")
+    p.add_argument("--workers", type=int,
+                   help="data-loading worker processes (default: none on a CPU, min(4, cores) on a GPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/eval/<name>)")
     p.add_argument("--name", help="run name under runs/eval (default: the checkpoint's folder and a timestamp)")

@@ -32,7 +32,7 @@ from ..evaluation import STAT_KEYS
 from ..models import PicoDet, build_model
 from ..utils.io import atomic_write_json
 from ..utils.rundir import default_run_name, prepare_run_dir
-from .config import TrainConfig
+from .config import TrainConfig, default_workers
 from .distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from .evaluate import EVAL_BATCH_SIZE, evaluate_coco
 from .plan import StaticPlan
@@ -260,7 +260,7 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
         log.info(f"starting from the weights of {init.source} ({init.kind})")
     amp_dtype = resolve_amp(cfg.amp, dist_info.device)
     evaluator = CocoEvaluator(val_set, arch.input_size, dist_info.device, batch_size=cfg.eval_batch_size,
-                              workers=cfg.workers, amp_dtype=amp_dtype)
+                              workers=cfg.data_workers(dist_info.device), amp_dtype=amp_dtype)
     trainer = Trainer(model, StaticPlan(arch.input_size), cfg, train_set, run.path, dist_info, meta=meta,
                       evaluator=evaluator, best_metric="mAP", logger=log)
     if ckpt is not None:
@@ -360,7 +360,7 @@ def label_mapping(meta: Mapping[str, Any], dataset: CocoDetection, weights: str 
 
 def evaluate_checkpoint(arch_spec: str | Path | Arch, weights: str | Path, data: str | Path, *,
                         out: str | None = None, name: str | None = None, input_size: int | None = None,
-                        batch_size: int = EVAL_BATCH_SIZE, workers: int = 2, device: str = "auto"
+                        batch_size: int = EVAL_BATCH_SIZE, workers: int | None = None, device: str = "auto"
                         ) -> dict[str, Any]:
     """COCO numbers of a checkpoint on the validation split; writes `metrics.json` in the run dir
     (the same numbers a retrain of these weights reported, with the same batch size)."""
@@ -373,7 +373,8 @@ def evaluate_checkpoint(arch_spec: str | Path | Arch, weights: str | Path, data:
     run = prepare_run_dir("eval", out=out, name=name, default_name=default_run_name(stem))
     t0 = time.perf_counter()
     coco = evaluate_coco(model.to(dev), dataset, model.arch.input_size, device=dev, batch_size=batch_size,
-                         workers=workers, label_to_cat_id=mapping, progress=True)
+                         workers=default_workers(dev) if workers is None else workers, label_to_cat_id=mapping,
+                         progress=True)
     from ..summary import summarize
 
     info = summarize(model.arch, num_classes=meta["num_classes"], model=model.cpu())

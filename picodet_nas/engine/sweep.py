@@ -181,7 +181,7 @@ def train_trial(params: dict[str, Any], *, arch: dict[str, Any], data: str, base
         apply_state(model, init_state, init_source or "initial weights")
     amp_dtype = resolve_amp(cfg.amp, device)
     evaluator = CocoEvaluator(val_set, net_arch.input_size, device, batch_size=cfg.eval_batch_size,
-                              workers=cfg.workers, amp_dtype=amp_dtype)
+                              workers=cfg.data_workers(device), amp_dtype=amp_dtype)
 
     def report(epoch: int, weights: dict, metrics: Mapping[str, float]) -> None:
         tune.report({"epoch": epoch, "mAP": float(metrics["mAP"]), "mAP50": float(metrics["mAP50"])})
