@@ -50,8 +50,8 @@ def probe_img_per_s(arch: str | Path, batch: int, input_size: int, threads: int)
 
 
 def epochs_for_budget(budget_s: float, img_per_s: float, train_images: int) -> int:
-    """Epochs that fit the budget. The probe times fixed-size synthetic NCHW batches; real
-    training decodes and augments too and draws multi-scale sizes up to +64 px. Measured here
+    """Epochs that fit the budget. The probe times synthetic batches of one fixed size; real
+    training also decodes and augments, and draws multi-scale sizes up to +64 px. Measured here
     (picodet-s at 192, batch 8, 2 cores): 0.67x the probe with NCHW and a worker process (41.8
     img/s probed, 28 trained); 0.8-1.0x with channels-last and no worker (probes of 38.4 and
     46.5 img/s, 38.2 trained), so the factor errs short. The probe of 3 steps is noisy; pass
