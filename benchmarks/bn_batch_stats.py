@@ -12,6 +12,7 @@ are `--batch-size` validation images in dataset order, the same for every row.
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
@@ -64,7 +65,7 @@ def main() -> None:
     results = []
     print(f"{'batch statistics in':<22} {'BN':>4} {'mAP':>7} {'mAP50':>7}")
     for label, prefix in rows:
-        model, _, _ = load_trained_model(args.arch, args.weights, args.input_size)
+        model = copy.deepcopy(reference)
         count = 0 if prefix is None else with_batch_stats(model, prefix)
         model.eval()
         coco = evaluate_coco(model, val, size, batch_size=args.batch_size)

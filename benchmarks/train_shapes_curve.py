@@ -38,9 +38,11 @@ def main() -> None:
     ap.add_argument("--arch", default="picodet-s")
     ap.add_argument("--input-size", type=int, default=192)
     ap.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
-    ap.add_argument("--lr", type=float, default=0.05, help="peak LR (default: 0.05; 0: the engine's linear scaling, 0.4 x batch / 512)")
+    ap.add_argument("--lr", type=float, default=0.05,
+                    help="peak LR (default: 0.05; 0: the engine's linear scaling, 0.4 x batch / 512)")
     ap.add_argument("--warmup-iters", type=int, default=20, help="warm-up iterations (default: 20)")
-    ap.add_argument("--epochs", type=int, default=22, help="epochs (default: 22; 0: as many as a throughput probe says fit the budget)")
+    ap.add_argument("--epochs", type=int, default=22,
+                    help="epochs (default: 22; 0: as many as a throughput probe says fit the budget)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     ap.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
     ap.add_argument("--target", type=float, default=0.50, help="mAP@[.5:.95] to reach (default: 0.50)")

@@ -163,7 +163,8 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
                                     **sn_options, "train": cfg.to_dict()})
     sampler = SubnetSampler(space, sn_options["strategy"], seed=cfg.seed, num_random=sn_options["num_random"])
     evaluator = LandmarkEvaluator(space, train_set, val_set, calib_images=sn_options["calib_images"], seed=cfg.seed,
-                                  device=dist_info.device, batch_size=cfg.eval_batch_size, workers=cfg.data_workers(dist_info.device),
+                                  device=dist_info.device, batch_size=cfg.eval_batch_size,
+                                  workers=cfg.data_workers(dist_info.device),
                                   amp_dtype=resolve_amp(cfg.amp, dist_info.device))
 
     def write_supernet(epoch: int, weights: dict, metrics: Mapping[str, float]) -> None:

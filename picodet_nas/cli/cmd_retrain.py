@@ -46,9 +46,9 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
                         "--bn-freeze-epochs, whose first steps can have large gradients")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout (default: on; about 1.25x the training throughput of NCHW on a CPU)")
-    p.add_argument("--workers", type=int, help="data-loading worker processes (default: none on a CPU, where they would take cores from "
-                        "training: 42 against 37 img/s with 2 on 2 cores; min(4, cores) on a GPU); does not change "
-                        "results")
+    p.add_argument("--workers", type=int,
+                   help="data-loading worker processes (default: none on a CPU, where they would take cores from "
+                        "the training threads; min(4, cores) on a GPU); does not change results")
     p.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default: 0)")
     p.add_argument("--log-interval", type=int, metavar="N", help="write a log line every N steps (default: 20)")
     p.add_argument("--out", metavar="DIR", help=f"run directory (default: runs/{command}/<name>)")

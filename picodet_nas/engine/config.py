@@ -57,14 +57,16 @@ def multiscale_sizes(input_size: int) -> tuple[int, ...]:
     return tuple(input_size + d for d in MULTISCALE_OFFSETS if input_size + d >= 32)
 
 
-def default_workers(device: Any) -> int:
-    """Data-loading worker processes for `device` (a torch.device or its name): none on a CPU,
-    min(4, cores) on a GPU.
+def data_workers(workers: int | None, device: Any) -> int:
+    """Data-loading worker processes on `device` (a torch.device or its name): `workers` when
+    given; else none on a CPU and min(4, cores) on a GPU.
 
     On a CPU the training threads already use every core, and a worker process that takes one
     of them stalls the others at every parallel region: on 2 cores, picodet-s at 192 trained at
     37 img/s with 2 workers and 42 img/s with none (the augmentation costs ~3 ms per image).
     """
+    if workers is not None:
+        return workers
     return min(4, os.cpu_count() or 1) if getattr(device, "type", str(device)) == "cuda" else 0
 
 
@@ -155,8 +157,8 @@ class TrainConfig:
         return self.base_lr * self.batch_size * world_size / self.reference_batch
 
     def data_workers(self, device: Any) -> int:
-        """Data-loading worker processes on `device`: `workers` when given, else `default_workers`."""
-        return default_workers(device) if self.workers is None else self.workers
+        """Data-loading worker processes on `device` (see the module's `data_workers`)."""
+        return data_workers(self.workers, device)
 
     # ---- validation -----------------------------------------------------------------
     def validate(self) -> None:

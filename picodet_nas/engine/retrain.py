@@ -32,7 +32,7 @@ from ..evaluation import STAT_KEYS
 from ..models import PicoDet, build_model
 from ..utils.io import atomic_write_json
 from ..utils.rundir import default_run_name, prepare_run_dir
-from .config import TrainConfig, default_workers
+from .config import TrainConfig, data_workers
 from .distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from .evaluate import EVAL_BATCH_SIZE, evaluate_coco
 from .plan import StaticPlan
@@ -373,8 +373,7 @@ def evaluate_checkpoint(arch_spec: str | Path | Arch, weights: str | Path, data:
     run = prepare_run_dir("eval", out=out, name=name, default_name=default_run_name(stem))
     t0 = time.perf_counter()
     coco = evaluate_coco(model.to(dev), dataset, model.arch.input_size, device=dev, batch_size=batch_size,
-                         workers=default_workers(dev) if workers is None else workers, label_to_cat_id=mapping,
-                         progress=True)
+                         workers=data_workers(workers, dev), label_to_cat_id=mapping, progress=True)
     from ..summary import summarize
 
     info = summarize(model.arch, num_classes=meta["num_classes"], model=model.cpu())

@@ -154,8 +154,8 @@ class Trainer:
     # ---- data -----------------------------------------------------------------------
     def _loader(self, epoch: int):
         c = self.cfg
-        return build_train_loader(self.train_set, c.batch_size, c.train_sizes, workers=c.data_workers(self.device), seed=c.seed,
-                                  epoch=epoch, rank=self.dist.rank, world_size=self.dist.world_size)
+        return build_train_loader(self.train_set, c.batch_size, c.train_sizes, workers=c.data_workers(self.device),
+                                  seed=c.seed, epoch=epoch, rank=self.dist.rank, world_size=self.dist.world_size)
 
     # ---- checkpoints ----------------------------------------------------------------
     def state(self, weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
