@@ -61,13 +61,14 @@ def epochs_for_budget(budget_s: float, img_per_s: float, train_images: int) -> i
 
 def run_retrain(arch: str | Path, data: Path, run_dir: Path, *, input_size: int, epochs: int, batch_size: int,
                 lr: float | None, warmup_iters: int, seed: int, threads: int, workers: int,
-                eval_interval: int = 1, bn_freeze_epochs: int = 0, grad_clip: float = 0.0) -> float:
-    """`nas retrain` with these explicit settings; returns its wall time in seconds."""
+                eval_interval: int = 1, bn_freeze_epochs: int = 0, grad_clip: float = 0.0,
+                extra: list[str] | tuple[str, ...] = ()) -> float:
+    """`nas retrain` with these explicit settings (and `extra` flags); returns its wall time in seconds."""
     cmd = [sys.executable, "-m", "picodet_nas.cli.main", "retrain", str(arch), "--data", str(data),
            "--input-size", str(input_size), "--epochs", str(epochs), "--batch-size", str(batch_size),
            "--warmup-iters", str(warmup_iters), "--eval-interval", str(eval_interval), "--workers", str(workers),
            "--seed", str(seed), "--device", "cpu", "--bn-freeze-epochs", str(bn_freeze_epochs),
-           "--grad-clip", str(grad_clip), "--out", str(run_dir)]
+           "--grad-clip", str(grad_clip), "--out", str(run_dir), *extra]
     if lr is not None:
         cmd += ["--lr", str(lr)]
     print(" ".join(cmd), flush=True)

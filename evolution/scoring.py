@@ -5,13 +5,14 @@ scores many candidates, so everything that does not depend on the candidate is d
 
 * the supernet is built and loaded once;
 * images are decoded and resized once per input size, lazily, into uint8 caches
-  (`CalibCache` for the calibration images, `EvalCache` for the held-out images): decoding is
+  (`BNCalibration`'s for the calibration images, `EvalCache` for the held-out images): decoding is
   slower than a small detector's forward pass on a CPU, and a search scores hundreds of
   candidates on the same images.
 
 Per candidate: `supernet.extract(arch)` gives the static network with the inherited weights
-(a copy: the shared supernet is never modified), `recalibrate_bn` sets its BN statistics to
-the exact statistics of its own activations on the calibration images, and
+(a copy: the shared supernet is never modified), `BNCalibration` (the BN treatment of every
+scored network, stand-alone ones included) sets its BN statistics to the exact statistics of its
+own activations, as eval mode produces them, on the calibration images, and
 `picodet_nas.engine.evaluate.predict_batches` (the one evaluation path of training and
 `nas eval`) gives the detections scored with pycocotools on the held-out image ids only.
 
@@ -40,18 +41,20 @@ import torch
 
 from picodet_nas.arch import Arch
 from picodet_nas.checkpoint import apply_state
-from picodet_nas.data import CalibCache, CocoDetection, EvalCache
+from picodet_nas.data import CocoDetection, EvalCache
+from picodet_nas.engine.bn_calibration import BNCalibration
 from picodet_nas.engine.evaluate import predict_batches
 from picodet_nas.evaluation import coco_evaluate
 from picodet_nas.space import SearchSpace
 from picodet_nas.summary import count_macs, count_params
-from supernet import Supernet, recalibrate_bn
+from supernet import Supernet
 
 
 @dataclass(frozen=True)
 class ScoringData:
     """Where a scorer finds its images: two small COCO files that list exactly the calibration
-    images (from the training split) and the held-out evaluation images, written once by the
+    images and the held-out images scored on (both from the training split: the supernet's
+    search split and the rest), written once by the
     driver (`evolution.data.prepare_subsets`), so that no worker parses the full annotation
     files and every worker sees the same images in the same order."""
 
@@ -99,19 +102,18 @@ class CandidateScorer:
         with warnings.catch_warnings():  # thop (used for FLOPs) warns about distutils when imported
             warnings.simplefilter("ignore", DeprecationWarning)
             import thop  # noqa: F401
-        self._calib_set: CocoDetection | None = None
+        self._calibration: BNCalibration | None = None
         self._val_set: CocoDetection | None = None
-        self._calib: dict[int, CalibCache] = {}
         self._eval: dict[int, EvalCache] = {}
         self.worker = worker_id()
 
     # ---- data, decoded once per input size ---------------------------------------------
-    def calib_cache(self, size: int) -> CalibCache:
-        if size not in self._calib:
-            if self._calib_set is None:
-                self._calib_set = CocoDetection(self.data.calib_ann, self.data.calib_images)
-            self._calib[size] = CalibCache(self._calib_set, size, num_images=len(self._calib_set))
-        return self._calib[size]
+    @property
+    def calibration(self) -> BNCalibration:
+        if self._calibration is None:
+            calib_set = CocoDetection(self.data.calib_ann, self.data.calib_images)
+            self._calibration = BNCalibration(calib_set, len(calib_set))
+        return self._calibration
 
     def eval_cache(self, size: int) -> EvalCache:
         if size not in self._eval:
@@ -131,9 +133,9 @@ class CandidateScorer:
         arch = arch if isinstance(arch, Arch) else Arch.from_dict(arch)
         started = time.perf_counter()
         size = arch.input_size
-        calib, held_out = self.calib_cache(size), self.eval_cache(size)
+        held_out = self.eval_cache(size)
         model = self.supernet.extract(arch)
-        recalibrate_bn(model, calib.batches(self.data.batch_size), num_images=len(calib))
+        self.calibration(model, size)
         model.eval()
         detections = predict_batches(model, held_out.batches(self.data.batch_size),
                                      self.val_set.label_to_cat_id, torch.device("cpu"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -80,11 +81,13 @@ class EvolveConfig:
     resume: bool | str | None = None  # True: the run --out/--name names (else the latest); a path: that run
     out: str | None = None
     name: str | None = None
-    calib_images: int | None = 2000
+    calib_images: int | None = 256
     val_images: int | None = 500
     batch_size: int = 16
     data_seed: int = 0
     references: bool = True
+    rescore_top: int = 5  # the best K candidates are scored again on more search-split images
+    rescore_images: int | None = None  # None: every image of the search split
 
 
 @dataclass
@@ -119,6 +122,8 @@ def _check_settings(cfg: EvolveConfig) -> None:
     need(cfg.calib_images is None or cfg.calib_images >= 1, "calib-images", "at least 1", cfg.calib_images)
     need(cfg.val_images is None or cfg.val_images >= 1, "val-images", "at least 1", cfg.val_images)
     need(cfg.batch_size >= 1, "batch-size", "at least 1", cfg.batch_size)
+    need(cfg.rescore_top >= 0, "rescore-top", ">= 0 (0: no re-scoring)", cfg.rescore_top)
+    need(cfg.rescore_images is None or cfg.rescore_images >= 1, "rescore-images", "at least 1", cfg.rescore_images)
 
 
 def file_digest(path: str | Path) -> str:
@@ -283,8 +288,14 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
         resolved = _resolved_config(cfg, budget_ms, space, run_dir, previous)
         if previous is not None:  # before anything in the run directory is rewritten
             _check_resume(previous, resolved, run_dir)
+        split = meta.get("search_split")
         subsets = prepare_subsets(resolve_data(cfg.data), run_dir / "data", calib_images=cfg.calib_images,
-                                  val_images=cfg.val_images, seed=cfg.data_seed, batch_size=cfg.batch_size)
+                                  val_images=cfg.val_images, seed=cfg.data_seed, batch_size=cfg.batch_size,
+                                  held_out_ids=split["held_out_ids"] if split else None, source=cfg.supernet,
+                                  rescore_images=cfg.rescore_images if cfg.rescore_top else False)
+        if not subsets.recorded_split:
+            log.warning("%s records no search split (trained before supernets held images out): scoring on %d "
+                        "training images it may have trained on", cfg.supernet, subsets.held_out_total)
         _check_classes(meta, subsets.class_names, subsets.label_to_cat_id, cfg)
         resolved["calib_images_used"], resolved["val_images_used"] = subsets.calib_images, subsets.val_images
         history = SearchHistory(resolved["storage"], resolved["study_name"], genomes, resume=previous is not None,
@@ -302,9 +313,10 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
         history.set_metadata({"config": {k: v for k, v in public.items() if k != "storage"}, "space": space.ref(),
                               "budget_ms": budget_ms, "strategy": cfg.strategy})
         log.info("search %s: space %s, budget %s ms (fastest %.3f ms), %s, population %d, %d generation(s), "
-                 "%d calibration / %d held-out images", resolved["study_name"], space.name, format_ms(budget_ms),
+                 "%d calibration / %d of %d held-out training images (the search split; the validation split "
+                 "is not used)", resolved["study_name"], space.name, format_ms(budget_ms),
                  predictor.fastest_ms, cfg.strategy, cfg.population, cfg.generations, subsets.calib_images,
-                 subsets.val_images)
+                 subsets.val_images, subsets.held_out_total)
 
         # -- the generations
         pool = _LazyPool(_pool_factory(cfg, session, space.to_dict(), meta["num_classes"], state, subsets, log))
@@ -331,11 +343,15 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
             writer.write(history)
         if cfg.references:
             search.score_references(reference_archs(genomes))
-        best = writer.write(history)
+        rescored = _rescore(cfg, history, subsets, space.to_dict(), meta["num_classes"], state, run_dir,
+                            resolved["supernet_sha256"], log)
+        best = writer.write(history, rescored)
 
         candidates = history.candidates()
         wall = time.perf_counter() - started
-        summary = (f"best: mAP {best.map:.4f} at {best.predicted_latency_ms:.2f} ms predicted (budget "
+        again = (f" (re-scored on {rescored['images']} search-split images: {rescored['scores'][best.key]['map']:.4f})"
+                 if rescored else "")
+        summary = (f"best: mAP {best.map:.4f}{again} at {best.predicted_latency_ms:.2f} ms predicted (budget "
                    f"{format_ms(budget_ms)} ms), {best.params / 1e6:.2f}M params, {best.flops / 1e9:.3f} GFLOPs; "
                    f"{len(candidates)} candidates in {generations_done} generation(s), {search.scored_now} scored "
                    f"now in {wall:.0f} s; {run_dir / 'best.yaml'}")
@@ -368,6 +384,45 @@ def _pool_factory(cfg: EvolveConfig, session: RaySession | None, space_definitio
     return lambda: RayPool(session, workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
                            space_definition=space_definition, num_classes=num_classes, state=state, data=subsets.data,
                            log=log)
+
+
+def _rescore(cfg: EvolveConfig, history: SearchHistory, subsets, space_definition: dict, num_classes: int,
+             state: dict, run_dir: Path, supernet_sha: str, log: logging.Logger) -> dict | None:
+    """Score the `rescore_top` best candidates again on the larger re-scoring set (in this
+    process); {"images", "scores": {key: {map, map50}}}, kept in `rescored.json` so that a
+    resumed search does not score them twice. None when there is nothing to re-score."""
+    if not cfg.rescore_top or subsets.rescore is None:
+        if cfg.rescore_top:
+            log.info("no re-scoring: the search already scored on all %d search-split images", subsets.val_images)
+        return None
+    top: list[Scored] = []
+    for c in sorted(history.candidates(), key=Scored.rank_key):
+        if c.key not in {t.key for t in top}:
+            top.append(c)
+        if len(top) == cfg.rescore_top:
+            break
+    if not top:
+        return None
+    path = run_dir / "rescored.json"
+    done: dict = {}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            if previous.get("images") == subsets.rescore_images and previous.get("supernet_sha256") == supernet_sha:
+                done = dict(previous.get("scores", {}))
+        except (OSError, ValueError):
+            done = {}
+    todo = [c for c in top if c.key not in done]
+    if todo:
+        scorer = CandidateScorer(space_definition, num_classes, state, subsets.rescore, cfg.threads_per_worker)
+        for c in todo:
+            result = scorer.score(c.arch)
+            done[c.key] = {"map": result["map"], "map50": result["map50"], "search_map": c.map}
+            log.info("re-scored %s on %d search-split images: mAP %.4f (search score %.4f)", c.key,
+                     subsets.rescore_images, result["map"], c.map)
+            atomic_write_text(path, json.dumps({"images": subsets.rescore_images, "supernet_sha256": supernet_sha,
+                                                "scores": done}, indent=2))
+    return {"images": subsets.rescore_images, "scores": {c.key: done[c.key] for c in top}}
 
 
 class _LazyPool:
@@ -481,14 +536,22 @@ class _Outputs:
         self.provenance = provenance
         self.title = title
 
-    def write(self, history: SearchHistory) -> Scored | None:
+    def write(self, history: SearchHistory, rescored: dict | None = None) -> Scored | None:
+        """`rescored` (from `_rescore`): choose among the re-scored candidates by their new score."""
         candidates, references = history.candidates(), history.references()
         best = best_of(candidates)
+        extra_scores: dict[str, Any] = {}
+        if rescored:
+            again = rescored["scores"]
+            pool = [c for c in candidates if c.key in again]
+            best = min(pool, key=lambda c: (-again[c.key]["map"], c.predicted_latency_ms, c.key))
+            extra_scores = {"rescore_map": again[best.key]["map"], "rescore_map50": again[best.key]["map50"],
+                            "rescore_images": rescored["images"], "rescored_candidates": len(again)}
         write_generations_csv(self.run_dir / "generations.csv", candidates)
         write_pareto_csv(self.run_dir / "pareto.csv", candidates, references, best)
         plot_pareto(self.run_dir / "pareto.png", candidates, references, best, self.budget_ms, self.title)
         if best is not None:
             write_best_yaml(self.run_dir / "best.yaml", best, space_ref=self.space.ref(),
                             provenance={**self.provenance, "generation": best.generation,
-                                        "candidates": len(candidates)})
+                                        "candidates": len(candidates)}, extra_scores=extra_scores)
         return best

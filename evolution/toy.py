@@ -23,7 +23,9 @@ import yaml
 
 from picodet_nas.arch import NUM_BLOCKS, STEM_CHANNELS, Arch, block_stage
 from picodet_nas.checkpoint import save_checkpoint
+from picodet_nas.data import CocoDetection, resolve_data
 from picodet_nas.data.shapes import CATEGORIES, make_shapes_dataset
+from picodet_nas.data.split import DEFAULT_SEARCH_FRACTION, held_out_indices
 from picodet_nas.latency.plan import block_input_channels, block_input_hw
 from picodet_nas.latency.profiler import FIGURES, build_table, plan_for
 from picodet_nas.latency.run_bundle import RESULTS_FORMAT, RUNNER_VERSION
@@ -108,10 +110,13 @@ def toy_supernet(space: SearchSpace, num_classes: int = len(CATEGORIES), seed: i
     return model
 
 
-def save_toy_supernet(model: Supernet, path: str | Path) -> Path:
-    """`model` in the format `nas train-supernet` writes (supernet/train.py), shapes classes."""
+def save_toy_supernet(model: Supernet, path: str | Path, held_out_ids: list[int] | None = None) -> Path:
+    """`model` in the format `nas train-supernet` writes (supernet/train.py), shapes classes;
+    `held_out_ids`: the training images its search split holds out (None: no split recorded)."""
     meta = {**model.checkpoint_meta(), "space_definition": model.space.to_dict(),
             "class_names": [n for _, n in CATEGORIES], "label_to_cat_id": [c for c, _ in CATEGORIES]}
+    if held_out_ids is not None:
+        meta["search_split"] = {"fraction": DEFAULT_SEARCH_FRACTION, "seed": 0, "held_out_ids": list(held_out_ids)}
     save_checkpoint(path, model.state_dict(), meta, epoch=0, metrics={})
     return Path(path)
 
@@ -132,9 +137,12 @@ def make_toy_inputs(root: str | Path, *, space: Mapping[str, Any] = TOY_SPACE, t
     space_path = root / "space.yaml"
     space_path.write_text(yaml.safe_dump(dict(space), sort_keys=False))
     sp = SearchSpace.from_dict(dict(space), source=str(space_path))
-    supernet_path = save_toy_supernet(toy_supernet(sp, seed=seed), root / "supernet.pt")
-    table_path = root / "table.json"
-    save_table(synthetic_table(sp, len(CATEGORIES)), table_path)
     data = make_shapes_dataset(root / "data", train=train_images, val=val_images, image_size=image_size, seed=seed,
                                overwrite=True)
+    paths = resolve_data(data)
+    train = CocoDetection(paths.train_ann, paths.train_images)
+    held = [train.image_ids[i] for i in held_out_indices(len(train), DEFAULT_SEARCH_FRACTION, 0)]
+    supernet_path = save_toy_supernet(toy_supernet(sp, seed=seed), root / "supernet.pt", held)
+    table_path = root / "table.json"
+    save_table(synthetic_table(sp, len(CATEGORIES)), table_path)
     return ToyInputs(space=space_path, supernet=supernet_path, table=table_path, data=data)

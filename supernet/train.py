@@ -6,10 +6,13 @@ PicoDet's authors describe their supernet training; sandwich: largest + smallest
 every one at its own input size, accumulating their gradients before the optimiser step. The
 draw is a pure function of (seed, step), so DDP ranks and a resumed run agree without talking.
 
-Every evaluation recalibrates the BN statistics of the largest and of the smallest subnet on a
-fixed set of training images (the supernet's running statistics mix all subnets and describe
-none) and scores both on the validation split; `metrics.csv` gets `largest_mAP`,
-`largest_mAP50`, `smallest_mAP`, `smallest_mAP50`.
+A fraction of the training images (`--search-fraction`, default 10%) is held out as the search
+split (`picodet_nas.data.split`): the supernet never trains on it, and its held-out image ids
+travel in `supernet.pt` so that `nas evolve` scores candidates on exactly those images. Every
+evaluation gives the largest and the smallest subnet exact BN statistics on fixed training
+images (`BNCalibration`, as every scored network gets them; the supernet's running statistics
+mix all subnets and describe none) and scores both on the search split, not the validation
+split; `metrics.csv` gets `largest_mAP`, `largest_mAP50`, `smallest_mAP`, `smallest_mAP50`.
 
 Outputs: `supernet.pt` (the EMA weights, the space's name and fingerprint, the classes and the
 training config; what `nas evolve` loads), `last.pt`, `metrics.csv`, `config.yaml`, `train.log`.
@@ -23,28 +26,27 @@ from typing import Any, Mapping
 import torch
 
 from picodet_nas.checkpoint import save_checkpoint
-from picodet_nas.data import CalibCache, CocoDetection, resolve_data
+from picodet_nas.data import CocoDetection, resolve_data
+from picodet_nas.data.split import DEFAULT_SEARCH_FRACTION, SearchSplit, make_search_split
+from picodet_nas.engine.bn_calibration import DEFAULT_CALIB_IMAGES, BNCalibration
 from picodet_nas.engine.config import TrainConfig
-from picodet_nas.engine.distributed import init_distributed, shutdown_distributed
+from picodet_nas.engine.distributed import init_distributed, on_main, shutdown_distributed
 from picodet_nas.engine.evaluate import evaluate_coco
 from picodet_nas.engine.plan import NetworkPass
-from picodet_nas.engine.session import (close_logging, load_resume_checkpoint, load_train_val, open_run,
-                                        resumed_config, setup_logging, write_run_config)
+from picodet_nas.engine.session import (close_logging, load_resume_checkpoint, load_split, load_train_val,
+                                        open_run, resumed_config, setup_logging, write_run_config)
 from picodet_nas.engine.state import seed_everything
 from picodet_nas.engine.trainer import Trainer, resolve_amp
 from picodet_nas.errors import UserError
 from picodet_nas.space import SearchSpace, load_space
 from picodet_nas.utils.rundir import default_run_name
 
-from .calibration import recalibrate_bn
 from .sampling import STRATEGIES, SubnetSampler
 from .supernet import Supernet
 
 SUPERNET_FILE = "supernet.pt"
 DEFAULT_STRATEGY = "uniform"
 DEFAULT_NUM_RANDOM = 2
-DEFAULT_CALIB_IMAGES = 2000
-CALIB_BATCH_SIZE = 32
 LANDMARKS = ("largest", "smallest")
 
 
@@ -63,28 +65,24 @@ class SupernetPlan:
 
 
 class LandmarkEvaluator:
-    """mAP and mAP50 of the largest and the smallest subnet, each after BN recalibration."""
+    """mAP and mAP50 of the largest and the smallest subnet on the search split, each with exact BN
+    statistics of its own weights (`BNCalibration`)."""
 
-    def __init__(self, space: SearchSpace, train_set: CocoDetection, val_set: CocoDetection, *, calib_images: int,
-                 seed: int, device: torch.device, batch_size: int, workers: int, amp_dtype: torch.dtype | None):
+    def __init__(self, space: SearchSpace, calibration: BNCalibration, score_set: CocoDetection, *,
+                 device: torch.device, batch_size: int, workers: int, amp_dtype: torch.dtype | None):
         self.subnets = {"largest": space.largest(), "smallest": space.smallest()}
         self.names = tuple(f"{which}_{key}" for which in LANDMARKS for key in ("mAP", "mAP50"))
-        self.train_set, self.val_set = train_set, val_set
-        self.calib_images, self.seed, self.device = calib_images, seed, device
+        self.calibration, self.score_set, self.device = calibration, score_set, device
         self.batch_size, self.workers, self.amp_dtype = batch_size, workers, amp_dtype
-        self.calib_size = max(space.input_sizes)
-        self._calib: CalibCache | None = None
 
     def __call__(self, model: Supernet) -> dict[str, float]:
-        if self._calib is None:  # decoded once, on the first evaluation, at the largest input size
-            self._calib = CalibCache(self.train_set, self.calib_size, num_images=self.calib_images, seed=self.seed,
-                                     workers=self.workers)
         metrics = {}
         for which, arch in self.subnets.items():
-            recalibrate_bn(model, self._calib.batches(CALIB_BATCH_SIZE, self.device), self.calib_images, arch,
-                           input_size=arch.input_size)
-            coco = evaluate_coco(model, self.val_set, arch.input_size, device=self.device, batch_size=self.batch_size,
-                                 workers=self.workers, amp_dtype=self.amp_dtype, progress=True)
+            model.set_active(arch)
+            self.calibration(model, arch.input_size)
+            coco = evaluate_coco(model, self.score_set, arch.input_size, device=self.device,
+                                 batch_size=self.batch_size, workers=self.workers, amp_dtype=self.amp_dtype,
+                                 progress=True)
             metrics[f"{which}_mAP"], metrics[f"{which}_mAP50"] = coco["mAP"], coco["mAP50"]
         return metrics
 
@@ -92,14 +90,15 @@ class LandmarkEvaluator:
 def _supernet_options(values: Mapping[str, Any]) -> dict[str, Any]:
     options = {"strategy": values.get("strategy") or DEFAULT_STRATEGY,
                "num_random": values.get("num_random", DEFAULT_NUM_RANDOM),
-               "calib_images": values.get("calib_images", DEFAULT_CALIB_IMAGES)}
+               "search_fraction": values.get("search_fraction", DEFAULT_SEARCH_FRACTION)}
     if options["strategy"] not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {options['strategy']!r}")
-    for key in ("num_random", "calib_images"):
-        value = options[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "calib_images" else 0):
-            raise UserError(f"--{key.replace('_', '-')} must be an integer >= {1 if key == 'calib_images' else 0}, "
-                            f"got {value!r}")
+    value = options["num_random"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UserError(f"--num-random must be an integer >= 0, got {value!r}")
+    value = options["search_fraction"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 0.5:
+        raise UserError(f"--search-fraction must be a number in (0, 0.5], got {value!r}")
     return options
 
 
@@ -120,7 +119,7 @@ def _check_resume(space: SearchSpace, ckpt: Mapping[str, Any], given: Mapping[st
 def train_supernet(space_spec: str | Path, data: str | Path, *, options: Mapping[str, Any] | None = None,
                    out: str | None = None, name: str | None = None, resume: Any = None) -> dict[str, Any] | None:
     """Train the supernet of `space_spec` on `data`. `options`: `TrainConfig` fields plus
-    `strategy`, `num_random` and `calib_images` (None = default). Returns a summary on rank 0."""
+    `strategy`, `num_random` and `search_fraction` (None = default). Returns a summary on rank 0."""
     options = {k: v for k, v in (options or {}).items() if v is not None}
     dist_info = init_distributed(options.get("device", "auto"))
     try:
@@ -135,10 +134,11 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
         raise UserError("--bn-freeze-epochs is for nas retrain only: a supernet's BN statistics belong to no one "
                         "subnet (each candidate's are recalibrated when it is scored)")
     space = load_space(space_spec)
-    sn_given = {k: options.pop(k) for k in ("strategy", "num_random", "calib_images") if k in options}
+    sn_given = {k: options.pop(k) for k in ("strategy", "num_random", "search_fraction") if k in options}
     sn_options = _supernet_options(sn_given)
     fresh_cfg = TrainConfig.for_arch(space.base, input_size=max(space.input_sizes), **options)
-    train_set, val_set = load_train_val(resolve_data(data), announce=dist_info.is_main)
+    paths = resolve_data(data)
+    full_train, _ = load_train_val(paths, announce=dist_info.is_main)
     run = open_run("train-supernet", dist_info, out=out, name=name, resume=resume,
                    default_name=default_run_name(space.name))
     ckpt = load_resume_checkpoint(run)
@@ -149,21 +149,36 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
         cfg = fresh_cfg
     log = setup_logging(run.path, dist_info)
     log.info(("resuming" if ckpt else "run directory") + f" {run.path}")
+    split = on_main(dist_info, lambda: make_search_split(full_train, sn_options["search_fraction"], cfg.seed,
+                                                         run.path / "data"))
+    if ckpt is not None and "search_split" in ckpt["meta"]:
+        recorded = SearchSplit.from_dict(ckpt["meta"]["search_split"])
+        if recorded.held_out_ids != split.held_out_ids:
+            raise UserError(f"{paths.train_ann}: its images differ from those the resumed run split "
+                            f"({run.resume_from}); resume with the same data")
+    train_set = load_split(split.train_ann, paths.train_images, False)
+    search_set = load_split(split.held_out_ann, paths.train_images, False)
+    log.info(f"search split: {len(search_set)} of {len(full_train)} training images held out "
+             f"(fraction {split.fraction:g}, seed {split.seed}) for scoring subnets; the supernet trains on "
+             f"{len(train_set)}; the validation split is not used")
 
     seed_everything(cfg.seed)
     model = Supernet(space, train_set.num_classes)
     # The space's definition travels with the weights, so that `nas retrain --init supernet` can
     # rebuild the supernet from the checkpoint alone.
     meta = {**model.checkpoint_meta(), "space_definition": space.to_dict(), "class_names": list(train_set.class_names),
-            "label_to_cat_id": list(train_set.label_to_cat_id), "supernet_options": sn_options}
+            "label_to_cat_id": list(train_set.label_to_cat_id), "supernet_options": sn_options,
+            "search_split": split.to_dict()}
     if dist_info.is_main:
         write_run_config(run.path, {"command": "train-supernet", "space": space.to_dict(),
                                     "space_fingerprint": space.fingerprint, "data": str(data),
                                     "world_size": dist_info.world_size, "peak_lr": cfg.peak_lr(dist_info.world_size),
                                     **sn_options, "train": cfg.to_dict()})
     sampler = SubnetSampler(space, sn_options["strategy"], seed=cfg.seed, num_random=sn_options["num_random"])
-    evaluator = LandmarkEvaluator(space, train_set, val_set, calib_images=sn_options["calib_images"], seed=cfg.seed,
-                                  device=dist_info.device, batch_size=cfg.eval_batch_size,
+    calibration = BNCalibration(train_set, cfg.calib_images or DEFAULT_CALIB_IMAGES, seed=cfg.seed,
+                                device=dist_info.device, workers=cfg.data_workers(dist_info.device))
+    evaluator = LandmarkEvaluator(space, calibration, search_set, device=dist_info.device,
+                                  batch_size=cfg.eval_batch_size,
                                   workers=cfg.data_workers(dist_info.device),
                                   amp_dtype=resolve_amp(cfg.amp, dist_info.device))
 

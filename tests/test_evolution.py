@@ -9,6 +9,7 @@ process, no Ray) is shared by the tests that compare against it: 3 generations o
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 
 from evolution.budget import parse_budget
@@ -30,6 +32,7 @@ from evolution.proposers import GAProposer, NSGA2Proposer
 from evolution.search import EvolveConfig, run_evolve
 from evolution.toy import TOY_SPACE, make_toy_inputs, save_toy_supernet, synthetic_table, toy_supernet
 from picodet_nas.arch import load_arch_file
+from picodet_nas.data import make_shapes_dataset
 from picodet_nas.cli.main import main
 from picodet_nas.errors import UserError
 from picodet_nas.latency import LatencyPredictor
@@ -157,6 +160,33 @@ def test_bad_data_exits_2_and_leaves_no_run_directory(toy, tmp_path, capsys):
     assert main(args) == 2
     assert "data folder not found" in one_line_error(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_best_candidates_are_rescored_on_the_whole_search_split(toy, tmp_path, capsys):
+    """Candidates scored on 4 of the supernet's 8 held-out training images; the best 3 are scored again on
+    all 8 and best.yaml is the best of those by the new score."""
+    out = tmp_path / "rescore"
+    assert main(cli_args(toy, out, "--val-images", "4", "--rescore-top", "3")) == 0
+    again = json.loads((out / "rescored.json").read_text())
+    assert again["images"] == 8 and len(again["scores"]) == 3
+    arch, doc = load_arch_file(out / "best.yaml")
+    chosen = max(again["scores"].items(), key=lambda kv: kv[1]["map"])
+    assert doc["scores"]["rescore_images"] == 8 and doc["scores"]["rescore_map"] == chosen[1]["map"]
+    if list(again["scores"].values()).count(chosen[1]) == 1:
+        assert arch.key() == chosen[0]
+    val = json.loads((out / "data" / "val_rescore.json").read_text())
+    held = torch.load(toy.supernet, weights_only=True)["meta"]["search_split"]["held_out_ids"]
+    assert sorted(img["id"] for img in val["images"]) == sorted(held)
+    assert "re-scored on 8 search-split images" in capsys.readouterr().out
+
+
+def test_data_without_the_supernets_held_out_images_exits_2(toy, tmp_path, capsys):
+    small = make_shapes_dataset(tmp_path / "small", train=2, val=2, image_size=64, seed=3)
+    args = cli_args(toy, tmp_path / "run")
+    args[args.index("--data") + 1] = str(small)
+    assert main(args) == 2
+    line = one_line_error(capsys)
+    assert "held-out images recorded in" in line and str(toy.supernet) in line
 
 
 def test_an_unreachable_ray_address_exits_2_at_once(toy, tmp_path, capsys):

@@ -16,7 +16,7 @@ from picodet_nas.errors import UserError
 
 TINY_CONFIG = """\
 threads: 1
-dataset: {train: 8, val: 4, image_size: 64}
+dataset: {train: 20, val: 4, image_size: 64}
 supernet: {epochs: 1, batch_size: 4, lr: 0.01, warmup_iters: 2, eval_interval: 1, calib_images: 4, log_interval: 1}
 profile: {repeats: 2, warmup: 0, burst: 1, calibrate: 3, validate: 3, input_sizes: [160]}
 evolve: {population: 4, parents: 2, mutations: 2, crossovers: 2, generations: 2, calib_images: 4, val_images: 4,
@@ -148,3 +148,10 @@ def test_quickstart_end_to_end_on_a_tiny_config(tmp_path):
                    "evolve/pareto.png"):
         assert f"]({figure})" in report and (run / figure).is_file()
     assert json.loads((run / "summary.json").read_text())["total_seconds"] > 0
+    # the search scored on the supernet's held-out training images; no image is also a validation image
+    files = {name: {img["file_name"] for img in load_json(run / path)["images"]} for name, path in (
+        ("held", "supernet/data/search.json"), ("trained", "supernet/data/supernet_train.json"),
+        ("scored", "evolve/data/val.json"), ("val", "data/annotations/instances_val.json"))}
+    assert files["scored"] <= files["held"] and not files["held"] & files["trained"]
+    assert not (files["held"] | files["scored"]) & files["val"]
+    assert "scored on the search split" in report

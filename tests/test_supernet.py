@@ -274,20 +274,23 @@ def test_sampling_is_a_function_of_seed_and_step():
 
 
 # ---- BN recalibration ----------------------------------------------------------------------
-def exact_bn_stats(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """By hand: every BN's input over all images (train mode, batch statistics), concatenated,
-    then its mean and unbiased variance per channel."""
+def exact_bn_stats(model: nn.Module, batches: list[torch.Tensor], mode: str = "eval"
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """By hand, every BN's input statistics per channel. mode="eval": one training-mode pass over
+    all images as a single batch (each BN then normalises with exactly the statistics of its whole
+    input, as eval mode will with the recalibrated ones), population variance. mode="train": each
+    batch in training mode, inputs pooled over the batches, unbiased variance."""
     model = copy.deepcopy(model).train()
     seen: dict[str, list[torch.Tensor]] = {}
     for name, bn in bn_modules(model).items():
         bn.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, []).append(args[0].double()))
     with torch.no_grad():
-        for batch in batches:
+        for batch in ([torch.cat(batches)] if mode == "eval" else batches):
             model(batch)
     stats = {}
     for name, xs in seen.items():
         flat = torch.cat([x.transpose(0, 1).reshape(x.shape[1], -1) for x in xs], dim=1)
-        stats[name] = (flat.mean(1), flat.var(1, unbiased=True))
+        stats[name] = (flat.mean(1), flat.var(1, unbiased=mode == "train"))
     return stats
 
 
@@ -304,33 +307,58 @@ def check_exact_stats(model, expected, before):
         assert torch.equal(bn.running_var[c:], before[name][1][c:]), name
 
 
-def test_recalibration_sets_exact_statistics():
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_recalibration_sets_exact_statistics(mode):
     sn = copy.deepcopy(supernet_of("quickstart")).eval()
     arch = sn.space.smallest().replace(head_convs=1, kernel_size=(5,) * 13)
     sn.set_active(arch)
     batches = images(seed=11, sizes=(3, 2, 3))  # 8 images, uneven batches
     used = [batches[0], batches[1], batches[2][:2]]  # num_images=7 cuts the last batch
-    expected = exact_bn_stats(sn, used)
+    expected = exact_bn_stats(sn, used, mode)
     assert len(expected) < len(bn_modules(sn))  # the subnet leaves BNs out (head depth 1 of 2)
     before = {k: (bn.running_mean.clone(), bn.running_var.clone()) for k, bn in bn_modules(sn).items()}
     tracked = {k: bn.num_batches_tracked.clone() for k, bn in bn_modules(sn).items()}
-    assert recalibrate_bn(sn, batches, num_images=7) == 7
+    assert recalibrate_bn(sn, batches, num_images=7, mode=mode) == 7
     check_exact_stats(sn, expected, before)
     assert not any(m.training for m in sn.modules())
     assert all(bn.momentum == 0.1 and torch.equal(bn.num_batches_tracked, tracked[k])
                for k, bn in bn_modules(sn).items())
 
     static = randomize_(sn.extract(arch), seed=9)  # fresh statistics: recalibration must overwrite them
-    expected = exact_bn_stats(static, used)
+    expected = exact_bn_stats(static, used, mode)
     before = {k: (bn.running_mean.clone(), bn.running_var.clone()) for k, bn in bn_modules(static).items()}
-    assert recalibrate_bn(static, batches, num_images=7) == 7
+    assert recalibrate_bn(static, batches, num_images=7, mode=mode) == 7
     check_exact_stats(static, expected, before)
 
 
-def test_recalibration_resizes_and_rejects_bad_input():
+def test_eval_recalibration_does_not_depend_on_batching():
+    """One pass over all images, the BN-by-BN passes over batches of 1, 3 or 4: the same statistics;
+    and eval mode on the calibration images then reproduces a training-mode pass over all of them."""
+    from picodet_nas.bn_stats import recalibrate_bn as exact
+
+    static = randomize_(supernet_of("quickstart").extract(supernet_of("quickstart").space.largest()), seed=3)
+    x = torch.cat(images(seed=5, sizes=(8,)))
+    results = []
+    for split, max_pixels in ((8, None), (1, 1), (3, 1), (4, 1)):
+        model = copy.deepcopy(static)
+        kwargs = {} if max_pixels is None else {"max_pass_pixels": max_pixels}
+        assert exact(model, list(x.split(split)), **kwargs) == 8
+        results.append(model)
+    ref = bn_modules(results[0])
+    for model in results[1:]:
+        for key, bn in bn_modules(model).items():
+            assert torch.allclose(bn.running_mean, ref[key].running_mean, atol=1e-5, rtol=1e-5), key
+            assert torch.allclose(bn.running_var, ref[key].running_var, atol=1e-5, rtol=1e-4), key
+    with torch.no_grad():
+        evaluated = results[0].eval()(x)
+        trained = copy.deepcopy(static).train()(x)
+    assert max_diff(evaluated, trained) <= 1e-3
+
+
+def test_recalibration_rejects_bad_input():
     sn = supernet_of("quickstart")
     arch = sn.space.smallest()
-    assert recalibrate_bn(sn, images(seed=1, sizes=(2,), side=96), arch=arch, input_size=64) == 2
+    assert recalibrate_bn(sn, images(seed=1, sizes=(2,), side=64), arch=arch) == 2
     with pytest.raises(TypeError):
         recalibrate_bn(sn, [torch.zeros(2, 3, 64, 64, dtype=torch.uint8)])
     with pytest.raises(ValueError):
@@ -371,3 +399,52 @@ def test_gradients_only_on_active_slices():
         inactive = torch.ones_like(flat, dtype=torch.bool)
         inactive[idx] = False
         assert torch.all(flat[inactive] == 0), key
+
+
+def test_one_training_step_in_the_supernet_equals_the_extracted_network():
+    """The real loss (SimOTA, VFL + GIoU + DFL) on a batch with boxes, in training mode (batch
+    statistics): a subnet run inside the supernet and its extracted static network give the same
+    loss, the same gradient on every shared weight and the same updated BN running statistics."""
+    from picodet_nas.losses import PicoDetLoss
+    from picodet_nas.models.detector import flatten_outputs
+
+    sn = copy.deepcopy(supernet_of("quickstart")).train()
+    arch = sn.space.sample(random.Random(5)).replace(head_convs=1, neck_channels=32)
+    size = arch.input_size
+    static = sn.extract(arch).train()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, size, size, generator=g)
+    boxes = [torch.tensor([[10.0, 12.0, 70.0, 90.0], [100.0, 40.0, 150.0, 120.0]]),
+             torch.tensor([[30.0, 30.0, 60.0, 64.0]])]
+    labels = [torch.tensor([0, 2]), torch.tensor([1])]
+    loss_fn = PicoDetLoss(NUM_CLASSES)
+    losses = {}
+    for name, model in (("supernet", sn), ("static", static)):
+        outs = model(x, arch) if model is sn else model(x)
+        loss, parts = loss_fn(*flatten_outputs(outs, NUM_CLASSES), boxes, labels)
+        loss.backward()
+        losses[name] = (loss.item(), parts["num_pos"])
+    assert losses["supernet"][1] == losses["static"][1] > 0
+    assert losses["supernet"][0] == pytest.approx(losses["static"][0], rel=1e-5, abs=1e-6)
+
+    sn.set_active(arch)
+    sliced_grads = _active_grads(sn)
+    static_params = dict(static.named_parameters())
+    assert set(sliced_grads) == set(static_params)
+    for key, grad in sliced_grads.items():
+        assert torch.allclose(grad, static_params[key].grad, atol=1e-5, rtol=1e-4), key
+    active = sn.active_state_dict()
+    for key, value in static.state_dict().items():
+        if "running_" in key:
+            assert torch.allclose(active[key], value, atol=1e-5, rtol=1e-4), key
+
+
+def _active_grads(sn: Supernet) -> dict[str, torch.Tensor]:
+    """The gradients of the active subnet, sliced as `active_state_dict` slices the weights: extract
+    a copy of the supernet whose parameters hold their gradients."""
+    holder = copy.deepcopy(sn)
+    with torch.no_grad():
+        for (name, p), (_, q) in zip(holder.named_parameters(), sn.named_parameters()):
+            p.copy_(q.grad if q.grad is not None else torch.zeros_like(q))
+    state = holder.active_state_dict()
+    return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}

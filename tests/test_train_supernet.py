@@ -5,6 +5,7 @@ refused, torchrun with two processes."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ SUPERNET_TRAIN = [*TINY_TRAIN, "--calib-images", "8"]
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("supernet")
-    shapes(root / "data", train=16, val=8)
+    shapes(root / "data", train=24, val=8)  # 8 held out as the search split, 16 to train on
     write(root / "tiny_space.yaml", TINY_SPACE)
     write(root / "other_space.yaml", TINY_SPACE.replace("neck_channels: [16, 24]", "neck_channels: [16, 32]"))
     return root
@@ -51,6 +52,25 @@ def test_supernet_checkpoint_and_landmark_metrics(work, sandwich_run):
         assert 0.0 <= float(rows[-1][key]) <= 1.0
     log = (sandwich_run / "train.log").read_text()
     assert "largest_mAP" in log and "smallest_mAP" in log
+
+
+def test_search_split_is_held_out_from_training_and_apart_from_validation(work, sandwich_run):
+    """The supernet trains on 16 of the 24 training images; the 8 others are its search split, recorded
+    in supernet.pt; no image of the split is trained on, and none is a validation image."""
+    meta = torch.load(sandwich_run / "supernet.pt", map_location="cpu", weights_only=True)["meta"]
+    split = meta["search_split"]
+    trained = json.loads((sandwich_run / "data" / "supernet_train.json").read_text())
+    held = json.loads((sandwich_run / "data" / "search.json").read_text())
+    full = json.loads((work / "data" / "annotations" / "instances_train.json").read_text())
+    val = json.loads((work / "data" / "annotations" / "instances_val.json").read_text())
+    assert sorted(img["id"] for img in held["images"]) == split["held_out_ids"] and len(split["held_out_ids"]) == 8
+    assert len(trained["images"]) == 16 and split["train_images"] == 16
+    files = {name: {img["file_name"] for img in doc["images"]} for name, doc in
+             (("trained", trained), ("held", held), ("full", full), ("val", val))}
+    assert files["trained"] | files["held"] == files["full"] and not files["trained"] & files["held"]
+    assert not files["held"] & files["val"]
+    assert all(a["image_id"] in set(split["held_out_ids"]) for a in held["annotations"]) and held["annotations"]
+    assert "search split: 8 of 24 training images held out" in (sandwich_run / "train.log").read_text()
 
 
 def test_checkpoint_of_another_space_is_refused(work, sandwich_run):

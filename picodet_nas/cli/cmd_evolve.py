@@ -58,12 +58,19 @@ def register(sub) -> None:
                          "with any number of workers (default: 0)")
 
     sc = p.add_argument_group("scoring")
-    sc.add_argument("--calib-images", type=_count_or_all, default=2000, metavar="N|all",
-                    help="training images for the BN recalibration of each candidate, a fixed subset; each worker "
-                         "decodes them once per input size and keeps them as uint8 (2000 at 320 px: 0.6 GB) "
-                         "(default: 2000)")
-    sc.add_argument("--val-images", type=_count_or_all, default=500, metavar="N|all",
-                    help="held-out validation images each candidate is scored on, a fixed subset (default: 500)")
+    sc.add_argument("--calib-images", type=_count_or_all, default=256, metavar="N|all",
+                    help="training images (outside the search split) on which each candidate gets exact BN "
+                         "statistics, a fixed subset; each worker decodes them once per input size and keeps them "
+                         "as uint8 (256 at 320 px: 79 MB) (default: 256)")
+    sc.add_argument("--val-images", "--score-images", dest="val_images", type=_count_or_all, default=500,
+                    metavar="N|all",
+                    help="images of the supernet's search split (training images it never trained on; never the "
+                         "validation split) each candidate is scored on, a fixed subset (default: 500)")
+    sc.add_argument("--rescore-top", type=int, default=5, metavar="K",
+                    help="before best.yaml is chosen, score the K best candidates again on more search-split "
+                         "images (--rescore-images) and choose among them by that score (default: 5; 0: off)")
+    sc.add_argument("--rescore-images", type=_count_or_all, default="all", metavar="N|all",
+                    help="search-split images of the re-scoring (default: all of them)")
     sc.add_argument("--batch-size", type=int, default=16,
                     help="images per forward pass when scoring; does not change the scores (default: 16)")
     sc.add_argument("--data-seed", type=int, default=0,
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, threads_per_worker=args.threads_per_worker, address=args.address, storage=args.storage,
         resume=args.resume, out=args.out, name=args.name, calib_images=args.calib_images, val_images=args.val_images,
         batch_size=args.batch_size, data_seed=args.data_seed, references=args.references,
+        rescore_top=args.rescore_top, rescore_images=args.rescore_images,
     )
     result = run_evolve(cfg, progress=args.progress)
     print(result.summary)

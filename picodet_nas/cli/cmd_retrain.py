@@ -8,8 +8,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..data.transforms import INTERPOLATION_MODES
+
 RESUME_HELP = ("continue a run exactly where its last.pt left it: without a value, the run named by --out/--name "
                "(or the latest run of this command); with a value, that run directory (or its last.pt)")
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 160,192,224, got {text!r}") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected at least one size, got {text!r}")
+    return sizes
 
 
 def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
@@ -44,6 +56,17 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--grad-clip", type=float, metavar="NORM",
                    help="clip the global gradient norm to NORM (default: 0, no clipping); use with "
                         "--bn-freeze-epochs, whose first steps can have large gradients")
+    p.add_argument("--train-interp", choices=INTERPOLATION_MODES,
+                   help="interpolation filter of the multi-scale resize: 'image' (drawn per image), 'batch' (one "
+                        "per batch, as PaddleDetection) or one filter for every image (default: batch)")
+    p.add_argument("--train-sizes", type=_sizes, metavar="S[,S...]",
+                   help="the multi-scale training sizes (default: the input size +-64 px in steps of 32)")
+    p.add_argument("--calib-images", type=int, metavar="N",
+                   help="training images on which the evaluated weights get exact BN statistics, computed as eval "
+                        "mode uses them (default: 256; 0: keep the running statistics of training)")
+    p.add_argument("--ema-buffers", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the BN running statistics in the EMA with the weights (default: on); off: the "
+                        "EMA weights take the model's statistics")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout (default: on; about 1.25x the training throughput of NCHW on a CPU)")
     p.add_argument("--workers", type=int,
@@ -57,7 +80,7 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
 
 
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "warmup_iters", "cosine_epochs", "eval_interval", "device", "amp",
-                 "bn_freeze_epochs", "grad_clip", "channels_last", "workers", "seed", "log_interval")
+                 "bn_freeze_epochs", "grad_clip", "train_interp", "train_sizes", "calib_images", "ema_buffers", "channels_last", "workers", "seed", "log_interval")
 
 
 def merged_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:

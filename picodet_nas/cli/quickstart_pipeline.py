@@ -55,7 +55,7 @@ def allowed_keys() -> dict[str, set[str]]:
     train = set(TRAIN_OPTIONS) - {"seed"}
     return {
         "dataset": set(inspect.signature(make_shapes_dataset).parameters) - {"out_dir", "overwrite", "seed"},
-        "supernet": train | {"strategy", "num_random", "calib_images"},
+        "supernet": train | {"strategy", "num_random", "search_fraction"},
         "profile": {"threads", "repeats", "warmup", "burst", "calibrate", "validate", "statistic", "clock",
                     "allow_spinning", "input_sizes"},
         "budget": {"fraction", "ms"},
@@ -168,7 +168,7 @@ def plot_supernet_curves(metrics_csv: Path, png: Path) -> Path:
             ax_map.plot(*column(f"{which}_mAP"), marker="o", color=colour, label=f"{which} mAP")
             ax_map.plot(*column(f"{which}_mAP50"), marker="x", ls="--", color=colour, label=f"{which} mAP50")
         ax_map.set_xlabel("epoch")
-        ax_map.set_ylabel("validation mAP (BN recalibrated)")
+        ax_map.set_ylabel("search-split mAP (BN recalibrated)")
         ax_map.grid(alpha=0.3)
         ax_map.legend(fontsize=8)
         fig.suptitle("supernet training")
@@ -373,7 +373,9 @@ def write_report(path: Path, s: Mapping[str, Any]) -> Path:
         "",
         f"{sn['epochs']} epoch(s) one-shot on the generated data; after the last one the largest subnet scores "
         f"mAP {_fmt(sn['metrics'].get('largest_mAP'))} and the smallest {_fmt(sn['metrics'].get('smallest_mAP'))} "
-        f"(each with recalibrated BN). Checkpoint: `{sn['checkpoint']}`.",
+        f"(each with exact BN statistics of its weights), scored on the search split: training images held out "
+        f"from supernet training, on which the search also scores; the validation split is used only for the "
+        f"final model below. Checkpoint: `{sn['checkpoint']}`.",
         "",
         f"![supernet training curves]({sn['curves']})",
         "",

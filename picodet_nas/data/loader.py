@@ -118,8 +118,8 @@ class TrainCollate:
     every rank resizes a step's batch to the same size and none waits on a larger one.
     """
 
-    def __init__(self, sizes: Sequence[int], *, seed: int, epoch: int):
-        self.resize = BatchRandomResize(sizes)
+    def __init__(self, sizes: Sequence[int], *, seed: int, epoch: int, interp: str = "image"):
+        self.resize = BatchRandomResize(sizes, interp)
         self.seed = seed
         self.epoch = epoch
 
@@ -146,6 +146,7 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = True,
+    interp: str = "image",
 ) -> DetectionLoader:
     """Batches of one epoch for one rank: (images float32 [B,3,S,S], [{boxes, labels}, ...]).
 
@@ -163,7 +164,7 @@ def build_train_loader(
     return DetectionLoader(
         AugmentedSamples(dataset, seed=seed, epoch=epoch),
         batch_sampler=sampler,
-        collate_fn=TrainCollate(sizes, seed=seed, epoch=epoch),
+        collate_fn=TrainCollate(sizes, seed=seed, epoch=epoch, interp=interp),
         num_workers=workers,
         generator=torch.Generator(),
     )

@@ -247,25 +247,48 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
+INTERPOLATION_MODES = ("image", "batch", "nearest", "bilinear", "box", "bicubic", "lanczos")
+
+
 class BatchRandomResize:
-    """One size per batch, drawn uniformly from `sizes`, with a random interpolation per batch.
+    """One size per batch, drawn uniformly from `sizes`; the interpolation filter by `interp`.
+
+    interp: "image" draws one of `TRAIN_INTERPOLATIONS` per image, "batch" one per batch (as
+            PaddleDetection's BatchRandomResize with `random_interp`), or a filter name
+            ("bicubic", ...) uses that filter for every image.
+
+    A per-batch filter shifts the statistics of a whole batch at once (a nearest-neighbour
+    batch has far more high-frequency energy than a box-filtered one); BN in training mode
+    normalises the shift away, and eval mode, whose running statistics average over all
+    filters, never sees it. Drawn per image, the filter stays an augmentation, and each batch's
+    statistics stay close to the population's.
 
     Images go straight to a square (no letterbox), as PicoDet trains; boxes are scaled
     alike and clipped to the new image.
     """
 
-    def __init__(self, sizes: Sequence[int]):
+    def __init__(self, sizes: Sequence[int], interp: str = "image"):
         if not sizes:
             raise ValueError("BatchRandomResize needs at least one size")
+        if interp not in INTERPOLATION_MODES:
+            raise ValueError(f"interp must be one of {', '.join(INTERPOLATION_MODES)}, got {interp!r}")
         self.sizes = [int(s) for s in sizes]
+        self.interp = interp
 
     def __call__(
         self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], rng: np.random.Generator
     ) -> tuple[torch.Tensor, list[np.ndarray]]:
         size = self.sizes[rng.integers(len(self.sizes))]
-        resample = TRAIN_INTERPOLATIONS[rng.integers(len(TRAIN_INTERPOLATIONS))]
+        per_batch = TRAIN_INTERPOLATIONS[rng.integers(len(TRAIN_INTERPOLATIONS))]
+        fixed = None if self.interp in ("image", "batch") else Image.Resampling[self.interp.upper()]
         resized, scaled = [], []
         for image, image_boxes in zip(images, boxes):
+            if fixed is not None:
+                resample = fixed
+            elif self.interp == "batch":
+                resample = per_batch
+            else:
+                resample = TRAIN_INTERPOLATIONS[rng.integers(len(TRAIN_INTERPOLATIONS))]
             out, scale = resize_square(image, size, resample)
             resized.append(out)
             scaled.append(scale_boxes(image_boxes, scale, size))

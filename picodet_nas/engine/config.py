@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..arch import Arch
+from ..data.transforms import INTERPOLATION_MODES
 from ..errors import UserError
 from ..utils.io import read_config_yaml
 
@@ -92,6 +93,9 @@ class TrainConfig:
     ema_decay: float = 0.9998
     ema_warmup: int = 10
     ema_cycle_epochs: int = 40
+    calib_images: int = 256  # training images for the exact BN statistics of the evaluated weights; 0: none
+    ema_buffers: bool = True  # average the BN running statistics with the weights (False: take the model's)
+    train_interp: str = "batch"  # interpolation filter: "batch" (one per batch), "image" (per image) or a name
     eval_interval: int = 10
     eval_batch_size: int = 8
     workers: int | None = None  # data-loading processes; None: `data_workers` picks by device
@@ -177,6 +181,7 @@ class TrainConfig:
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a positive integer")
         for name in ("warmup_iters", "seed", "ema_warmup", "ema_cycle_epochs", "bn_freeze_epochs"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an integer >= 0")
+        need(is_int(self.calib_images) and self.calib_images >= 0, "calib_images", "an integer >= 0")
         need(self.workers is None or (is_int(self.workers) and self.workers >= 0), "workers", "an integer >= 0")
         need(self.lr is None or (is_num(self.lr) and self.lr > 0), "lr", "a positive number")
         need(is_num(self.base_lr) and self.base_lr > 0, "base_lr", "a positive number")
@@ -186,6 +191,8 @@ class TrainConfig:
         need(is_num(self.ema_decay) and 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         need(isinstance(self.ema, bool), "ema", "true or false")
         need(isinstance(self.channels_last, bool), "channels_last", "true or false")
+        need(isinstance(self.ema_buffers, bool), "ema_buffers", "true or false")
+        need(self.train_interp in INTERPOLATION_MODES, "train_interp", f"one of {', '.join(INTERPOLATION_MODES)}")
         need(is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0: no clipping)")
         need(self.bn_freeze_epochs == 0 or self.bn_freeze_epochs < self.epochs, "bn_freeze_epochs",
              f"0 or less than --epochs ({self.epochs}; the first epochs estimate the statistics it freezes)")

@@ -9,7 +9,10 @@
   from the pre-reset average). So the final model averages only the last cycle's epochs.
 
 Integer buffers (BN `num_batches_tracked`) cannot be averaged; the averaged state takes them
-from the model as they are.
+from the model as they are. With `average_buffers=False` the BN running statistics are not
+averaged either but taken from the model: an average of running statistics is not the
+statistics of the averaged weights (the reason SWA recomputes them), so a model trained that
+way should have its statistics recomputed for the averaged weights (`picodet_nas.bn_stats`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from torch import nn
 
 
 class CycleEMA:
-    def __init__(self, model: nn.Module, decay: float = 0.9998, warmup: int = 10, cycle_epochs: int = 40):
+    def __init__(self, model: nn.Module, decay: float = 0.9998, warmup: int = 10, cycle_epochs: int = 40,
+                 average_buffers: bool = True):
         self.decay = decay
         self.warmup = warmup
         self.cycle_epochs = cycle_epochs
-        self.shadow = {k: torch.zeros_like(v, dtype=torch.float32)
-                       for k, v in model.state_dict().items() if v.is_floating_point()}
+        buffers = {k for k, _ in model.named_buffers()}
+        self.shadow = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in model.state_dict().items()
+                       if v.is_floating_point() and (average_buffers or k not in buffers)}
         self.step = 0
         self.last_decay = 0.0
         self.epoch = 0

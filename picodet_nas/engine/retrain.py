@@ -33,6 +33,7 @@ from ..models import PicoDet, build_model
 from ..utils.io import atomic_write_json
 from ..utils.rundir import default_run_name, prepare_run_dir
 from .config import TrainConfig, data_workers
+from .bn_calibration import BNCalibration
 from .distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from .evaluate import EVAL_BATCH_SIZE, evaluate_coco
 from .plan import StaticPlan
@@ -261,8 +262,18 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
     amp_dtype = resolve_amp(cfg.amp, dist_info.device)
     evaluator = CocoEvaluator(val_set, arch.input_size, dist_info.device, batch_size=cfg.eval_batch_size,
                               workers=cfg.data_workers(dist_info.device), amp_dtype=amp_dtype)
+    calibrate = None
+    if cfg.calib_images:
+        calibration = BNCalibration(train_set, cfg.calib_images, seed=cfg.seed, device=dist_info.device,
+                                    workers=cfg.data_workers(dist_info.device))
+
+        def calibrate(m: torch.nn.Module) -> None:
+            calibration(m, arch.input_size)
+
+        log.info(f"BN statistics of the evaluated weights: exact, on {min(cfg.calib_images, len(train_set))} "
+                 "training images")
     trainer = Trainer(model, StaticPlan(arch.input_size), cfg, train_set, run.path, dist_info, meta=meta,
-                      evaluator=evaluator, best_metric="mAP", logger=log)
+                      evaluator=evaluator, best_metric="mAP", calibrate=calibrate, logger=log)
     if ckpt is not None:
         trainer.load_state(ckpt, resume_from)
     result = trainer.fit()

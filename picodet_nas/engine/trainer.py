@@ -108,12 +108,17 @@ class Trainer:
     meta:        plain data saved in every checkpoint (architecture, classes, space...).
     on_epoch_end(epoch, weights, metrics): rank 0 only, after evaluation, before last.pt;
                  e.g. to write `supernet.pt`.
+    calibrate:   called on rank 0 with a model holding the epoch's weights, before each
+                 evaluation and after the last epoch, to recompute its BN statistics; the
+                 recomputed statistics replace the averaged ones in the epoch's weights (so
+                 best.pt, last.pt's EMA and the final weights hold them). None: keep them.
     """
 
     def __init__(self, model: nn.Module, plan: StepPlan, cfg: TrainConfig, train_set: CocoDetection,
                  run_dir: str | Path, dist_info: DistInfo, *, meta: Mapping[str, Any],
                  evaluator: Evaluator | None = None, best_metric: str | None = None,
                  on_epoch_end: Callable[[int, dict, Mapping[str, float]], None] | None = None,
+                 calibrate: Callable[[nn.Module], None] | None = None,
                  logger: logging.Logger | None = None):
         self.cfg = cfg
         self.plan = plan
@@ -124,6 +129,7 @@ class Trainer:
         self.evaluator = evaluator
         self.best_metric = best_metric
         self.on_epoch_end = on_epoch_end
+        self.calibrate = calibrate
         self.log = logger or logging.getLogger("picodet_nas.run")
         self.device = dist_info.device
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
@@ -132,7 +138,8 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.num_classes = model.num_classes
         # The evaluation copy is made before DDP wraps the model (DDP hooks must not be copied).
-        self._eval_model = copy.deepcopy(self.model) if (dist_info.is_main and evaluator is not None) else None
+        wants_copy = dist_info.is_main and (evaluator is not None or calibrate is not None)
+        self._eval_model = copy.deepcopy(self.model) if wants_copy else None
         if dist_info.enabled:
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
             self.net: nn.Module = DistributedDataParallel(self.model, device_ids=ids,
@@ -145,7 +152,8 @@ class Trainer:
                                    cfg.warmup_start)
         self.optimizer = build_optimizer(self.model, self.schedule(0), cfg.momentum, cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.ema = CycleEMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_cycle_epochs) if cfg.ema else None
+        self.ema = CycleEMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_cycle_epochs,
+                            average_buffers=cfg.ema_buffers) if cfg.ema else None
         self.loss_fn = PicoDetLoss(self.num_classes)
         self.progress = _Progress()
         self._final_weights: dict[str, torch.Tensor] = {}
@@ -155,7 +163,8 @@ class Trainer:
     def _loader(self, epoch: int):
         c = self.cfg
         return build_train_loader(self.train_set, c.batch_size, c.train_sizes, workers=c.data_workers(self.device),
-                                  seed=c.seed, epoch=epoch, rank=self.dist.rank, world_size=self.dist.world_size)
+                                  seed=c.seed, epoch=epoch, rank=self.dist.rank, world_size=self.dist.world_size,
+                                  interp=c.train_interp)
 
     # ---- checkpoints ----------------------------------------------------------------
     def state(self, weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -220,6 +229,7 @@ class Trainer:
             losses = self._train_epoch(epoch)
             weights = self.ema.end_epoch(self.model) if self.ema else {
                 k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._calibrate(epoch, weights)
             metrics = self._evaluate(epoch, weights)
             p.epoch, p.wall_time_s = epoch + 1, session_wall + time.perf_counter() - session_start
             row = {"epoch": epoch + 1, "step": p.step, "lr": self.schedule(max(p.step - 1, 0)), **losses,
@@ -322,9 +332,24 @@ class Trainer:
         return {k: v / len(passes) for k, v in totals.items()}
 
     # ---- epoch end ------------------------------------------------------------------
+    def _eval_due(self, epoch: int) -> bool:
+        return (epoch + 1) % self.cfg.eval_interval == 0 or epoch + 1 == self.cfg.epochs
+
+    @torch.no_grad()
+    def _calibrate(self, epoch: int, weights: dict[str, torch.Tensor]) -> None:
+        """Recompute the BN statistics of the epoch's weights in place (rank 0, when due)."""
+        if self.calibrate is None or not self.dist.is_main or not self._eval_due(epoch):
+            return
+        t0 = time.perf_counter()
+        self._eval_model.load_state_dict(weights)
+        self.calibrate(self._eval_model)
+        for name, buf in self._eval_model.named_buffers():
+            if name in weights:
+                weights[name] = buf.detach().clone()
+        self.log.debug(f"BN recalibration took {time.perf_counter() - t0:.1f} s")
+
     def _evaluate(self, epoch: int, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        due = (epoch + 1) % self.cfg.eval_interval == 0 or epoch + 1 == self.cfg.epochs
-        if not (due and self.dist.is_main and self.evaluator is not None):
+        if not (self._eval_due(epoch) and self.dist.is_main and self.evaluator is not None):
             return {}
         self._eval_model.load_state_dict(weights)
         t0 = time.perf_counter()
