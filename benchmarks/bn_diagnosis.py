@@ -43,6 +43,7 @@ VARIANTS: dict[str, list[str]] = {
     "bicubic-one-size": ["--train-interp", "bicubic", "--train-sizes", "192"],
     "no-ema-buffers": ["--train-interp", "batch", "--no-ema-buffers"],
     "interp-image-no-ema-buffers": ["--train-interp", "image", "--no-ema-buffers"],
+    "bn-freeze-3": ["--train-interp", "batch", "--bn-freeze-epochs", "3"],
 }
 SCORINGS = ("ema", "recal-train", "recal-eval", "batch-stats")
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
-from supernet_ranking import DEFAULT_TABLE, evolve_command, run
+from supernet_ranking import DEFAULT_TABLE, evolve_command, quickstart_supernet, run
 from train_common import BENCH_ROOT, ensure_shapes, write_result
 
 from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE, choose_budget
@@ -33,6 +33,9 @@ def main() -> None:
     qs = yaml.safe_load(CONFIG_FILE.read_text())
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, help="a shapes dataset (default: generated as the quick start's)")
+    ap.add_argument("--strategy", default=None, choices=["uniform", "sandwich"],
+                    help="which of the ranking benchmark's supernets to use when --supernet is not given "
+                         "(default: the quick start's)")
     ap.add_argument("--supernet", type=Path, help="supernet.pt of the table's space (default: the ranking "
                     "benchmark's uniform supernet, trained here if missing)")
     ap.add_argument("--latency-table", type=Path, default=DEFAULT_TABLE)
@@ -51,8 +54,8 @@ def main() -> None:
     data = args.data or ensure_shapes(ds["train"], ds["val"], ds["image_size"], args.seed)
     sn = qs["supernet"]
     run_dir = args.run_dir or BENCH_ROOT / f"budget-honesty-s{args.seed}"
-    supernet = args.supernet or (BENCH_ROOT / f"supernet-ranking-{qs['space']}-e{sn['epochs']}-b{sn['batch_size']}"
-                                 f"-{ds['train']}-s{args.seed}" / "supernet-uniform" / "supernet.pt")
+    supernet = args.supernet or quickstart_supernet(qs, qs["space"], args.seed,
+                                                    args.strategy or qs["supernet"]["strategy"])
     nas = [sys.executable, "-m", "picodet_nas.cli.main"]
     if not supernet.is_file():
         supernet = run_dir / "supernet" / "supernet.pt"

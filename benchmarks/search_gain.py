@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import yaml
-from supernet_ranking import DEFAULT_TABLE, evolve_command, run
+from supernet_ranking import DEFAULT_TABLE, evolve_command, quickstart_supernet, run
 from train_common import BENCH_ROOT, add_bn_freeze_flags, ensure_shapes, write_result
 
 from picodet_nas.arch import PRESETS, Arch, load_arch_file, save_arch
@@ -73,6 +73,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="a shapes dataset (default: generated as the quick start's)")
     ap.add_argument("--space", default=qs["space"])
     ap.add_argument("--latency-table", type=Path, default=DEFAULT_TABLE)
+    ap.add_argument("--strategy", default=None, choices=["uniform", "sandwich"],
+                    help="which of the ranking benchmark's supernets to use when --supernet is not given "
+                         "(default: the quick start's)")
     ap.add_argument("--supernet", type=Path, help="supernet.pt of the space (default: the ranking benchmark's "
                     "uniform supernet)")
     ap.add_argument("--fraction", type=float, default=0.5, help="budget along the table's latency range")
@@ -95,12 +98,12 @@ def main() -> None:
     args = ap.parse_args()
 
     started = time.perf_counter()
-    ds, sn, ev = qs["dataset"], qs["supernet"], qs["evolve"]
+    ds, ev = qs["dataset"], qs["evolve"]
     data = args.data or ensure_shapes(ds["train"], ds["val"], ds["image_size"], args.seed)
     run_dir = args.run_dir or BENCH_ROOT / f"search-gain-{args.space}-s{args.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    supernet = args.supernet or (BENCH_ROOT / f"supernet-ranking-{args.space}-e{sn['epochs']}-b{sn['batch_size']}"
-                                 f"-{ds['train']}-s{args.seed}" / "supernet-uniform" / "supernet.pt")
+    supernet = args.supernet or quickstart_supernet(qs, args.space, args.seed,
+                                                    args.strategy or qs["supernet"]["strategy"])
     if not supernet.is_file():
         sys.exit(f"no supernet at {supernet}: pass --supernet, or run benchmarks/supernet_ranking.py first")
     nas = [sys.executable, "-m", "picodet_nas.cli.main"]

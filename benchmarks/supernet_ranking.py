@@ -1,13 +1,14 @@
 """Does the supernet rank subnets as training them alone would? Two figures on the shapes data:
 
 * **Rank correlation** (issue 7): Kendall's tau between the mAP a subnet scores inside the
-  supernet (extracted, BN recalibrated, the exact scoring of `nas evolve`) and the mAP of the
-  same architecture trained alone, over N architectures spread across the latency range
+  supernet (extracted, exact BN statistics, the scoring of `nas evolve`) and the mAP of the
+  same architecture trained alone on the same images and scored the same way (the same
+  calibration images, the supernets' search split), over N architectures spread across the latency range
   (the largest, the smallest, and subnets nearest to evenly spaced predicted latencies), for a
   supernet trained with `uniform` and one trained with `sandwich` sampling.
 * **Weight-sharing quality** (issue 4): the largest and the smallest subnet, inside the
   supernet, as a share of the mAP of the same architecture trained alone for the same number
-  of optimiser steps (target >= 70%).
+  of optimiser steps; and the tau of two free proxies (params, FLOPs).
 
 Every training is a real `nas train-supernet` / `nas retrain` subprocess with the quick start's
 settings (`picodet_nas/configs/quickstart.yaml`: data size, epochs, batch, LR, warm-up) unless
@@ -38,16 +39,20 @@ import yaml
 from train_common import BENCH_ROOT, ensure_shapes, write_result
 
 from evolution.data import prepare_subsets
-from evolution.scoring import CandidateScorer
+from evolution.scoring import CandidateScorer, NetworkScorer
 from picodet_nas.arch import Arch, save_arch
 from picodet_nas.checkpoint import load_model_weights
 from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE
 from picodet_nas.data import resolve_data
+from picodet_nas.engine.retrain import load_trained_model
+from picodet_nas.summary import count_macs, count_params
 from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.latency.predictor import LatencyPredictor
 from picodet_nas.space import load_space
 
 REPO = Path(__file__).resolve().parent.parent
+STRATEGY_FLAGS = {"uniform": ["--strategy", "uniform"], "sandwich": ["--strategy", "sandwich"],
+                  "sandwich-kd": ["--strategy", "sandwich", "--distill", "1.0"]}
 DEFAULT_TABLE = REPO / "latency_tables" / "epyc-2vcpu-ort-t1-quickstart.json"
 
 
@@ -66,6 +71,19 @@ def pick_archs(space, predictor: LatencyPredictor, count: int, seed: int) -> lis
                 chosen.append(pool[i])
                 break
     return chosen[:count]
+
+
+def ranking_dir(space: str, epochs: int, batch_size: int, train_images: int, search_fraction: float,
+                seed: int) -> Path:
+    """Where this benchmark keeps its runs for these settings (the other benchmarks reuse its supernets)."""
+    return BENCH_ROOT / f"supernet-ranking-{space}-e{epochs}-b{batch_size}-{train_images}-f{search_fraction:g}-s{seed}"
+
+
+def quickstart_supernet(qs: dict, space: str, seed: int, strategy: str = "uniform") -> Path:
+    """The supernet.pt this benchmark trains with the quick start's settings."""
+    ds, sn = qs["dataset"], qs["supernet"]
+    return ranking_dir(space, sn["epochs"], sn["batch_size"], ds["train"], sn["search_fraction"], seed) / \
+        f"supernet-{strategy}" / "supernet.pt"
 
 
 def fmt_tau(tau: float | None) -> str:
@@ -100,6 +118,18 @@ def last_row(metrics_csv: Path) -> dict:
     return rows[-1]
 
 
+def standalone_data(split: dict, images: Path, out: Path) -> Path:
+    """A simple-layout dataset of a supernet's split: the images it trained on as the training split,
+    its search split as the validation split (images linked, not copied)."""
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    for name, key in (("instances_train.json", "train_ann"), ("instances_val.json", "held_out_ann")):
+        (out / "annotations" / name).write_text(Path(split[key]).read_text())
+    link = out / "images"
+    if not link.exists():
+        link.symlink_to(Path(images).resolve(), target_is_directory=True)
+    return out
+
+
 def main() -> None:
     qs = yaml.safe_load(CONFIG_FILE.read_text())
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -110,14 +140,19 @@ def main() -> None:
     ap.add_argument("--space", default=qs["space"])
     ap.add_argument("--latency-table", type=Path, default=DEFAULT_TABLE,
                     help="table that places the architectures on the latency range")
-    ap.add_argument("--strategies", nargs="+", default=["uniform", "sandwich"], choices=["uniform", "sandwich"])
+    ap.add_argument("--strategies", nargs="+", default=["uniform", "sandwich"], choices=list(STRATEGY_FLAGS),
+                    help="supernet recipes: uniform, sandwich, sandwich-kd (sandwich with --distill 1)")
+    ap.add_argument("--num-random", type=int, default=qs["supernet"].get("num_random", 2),
+                    help="random subnets per sandwich step")
     ap.add_argument("--archs", type=int, default=8, help="architectures compared (default: 8)")
     ap.add_argument("--epochs", type=int, default=qs["supernet"]["epochs"])
     ap.add_argument("--batch-size", type=int, default=qs["supernet"]["batch_size"])
     ap.add_argument("--lr", type=float, default=qs["supernet"]["lr"])
     ap.add_argument("--warmup-iters", type=int, default=qs["supernet"]["warmup_iters"])
+    ap.add_argument("--search-fraction", type=float, default=qs["supernet"]["search_fraction"],
+                    help="training images the supernets hold out as the search split, which everything is scored on")
     ap.add_argument("--calib-images", type=int, default=qs["evolve"]["calib_images"],
-                    help="training images for BN recalibration when scoring in the supernet")
+                    help="training images for the exact BN statistics of every scored network")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", type=Path, help="where the runs go (default: runs/bench/supernet-ranking-<settings>)")
@@ -126,54 +161,73 @@ def main() -> None:
 
     started = time.perf_counter()
     data = args.data or ensure_shapes(args.train_images, args.val_images, args.image_size, args.seed)
-    run_dir = args.run_dir or BENCH_ROOT / (f"supernet-ranking-{args.space}-e{args.epochs}-b{args.batch_size}"
-                                            f"-{args.train_images}-s{args.seed}")
+    run_dir = args.run_dir or ranking_dir(args.space, args.epochs, args.batch_size, args.train_images,
+                                          args.search_fraction, args.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     space = load_space(args.space)
     predictor = LatencyPredictor.from_file(args.latency_table)
     space.check_fingerprint(predictor.space.fingerprint, f"latency table {args.latency_table}")
     archs = pick_archs(space, predictor, args.archs, args.seed)
     nas = [sys.executable, "-m", "picodet_nas.cli.main"]
-    common = ["--data", str(data), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-              "--lr", str(args.lr), "--warmup-iters", str(args.warmup_iters), "--eval-interval", str(args.epochs),
-              "--workers", "0", "--seed", str(args.seed)]
+    schedule = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+                "--warmup-iters", str(args.warmup_iters), "--eval-interval", str(args.epochs), "--workers", "0",
+                "--seed", str(args.seed), "--calib-images", str(args.calib_images)]
 
-    # -- stand-alone training of every architecture, the same steps as the supernet --------------
+    # -- one supernet per sampling rule; each holds out the same search split -------------------
+    supernets, split = {}, None
+    for strategy in args.strategies:
+        out = run_dir / f"supernet-{strategy}"
+        if not (out / "supernet.pt").is_file() or int(last_row(out / "metrics.csv")["epoch"]) < args.epochs:
+            resume = ["--resume"] if (out / "last.pt").is_file() else []
+            run(nas + ["train-supernet", "--space", args.space, "--data", str(data), *schedule,
+                       *STRATEGY_FLAGS[strategy], "--num-random", str(args.num_random), "--search-fraction", str(args.search_fraction),
+                       "--out", str(out), *resume], args.threads)
+        state, meta = load_model_weights(out / "supernet.pt")
+        if split is not None and meta["search_split"]["held_out_ids"] != split["held_out_ids"]:
+            sys.exit(f"{out}: another search split than the first supernet's")
+        split = meta["search_split"]
+        supernets[strategy] = (out, state, meta)
+
+    # -- stand-alone training of every architecture on the images the supernets trained on --------
+    alone_data = standalone_data(split, resolve_data(data).train_images, run_dir / "standalone-data")
+    subsets = prepare_subsets(resolve_data(data), run_dir / "subsets", calib_images=args.calib_images,
+                              val_images=None, seed=args.seed, batch_size=16, held_out_ids=split["held_out_ids"])
+    scorer = NetworkScorer(subsets.data)
     standalone = []
     for i, arch in enumerate(archs):
         out = run_dir / f"standalone-{i}"
         if not (out / "metrics.json").is_file():
             save_arch(arch, run_dir / f"arch-{i}.yaml")
-            run(nas + ["retrain", str(run_dir / f"arch-{i}.yaml"), *common, "--device", "cpu",
-                       "--no-measure-latency", "--out", str(out)], args.threads)
-        m = json.loads((out / "metrics.json").read_text())
-        standalone.append({"mAP": m["coco"]["mAP"], "steps": int(last_row(out / "metrics.csv")["step"])})
+            run(nas + ["retrain", str(run_dir / f"arch-{i}.yaml"), "--data", str(alone_data), *schedule,
+                       "--device", "cpu", "--no-measure-latency", "--out", str(out)], args.threads)
+        model, _, _ = load_trained_model(arch, out / "model.pt")
+        standalone.append({"mAP": scorer.score(model, arch.input_size)["mAP"],
+                           "steps": int(last_row(out / "metrics.csv")["step"]),
+                           "params": count_params(model), "flops": 2.0 * sum(count_macs(model, arch.input_size).values())})
+    alone = [s["mAP"] for s in standalone]
 
-    # -- one supernet per sampling rule, every architecture scored inside it ---------------------
-    subsets = prepare_subsets(resolve_data(data), run_dir / "subsets", calib_images=args.calib_images,
-                              val_images=None, seed=args.seed, batch_size=16)
+    # -- every architecture scored inside each supernet, as nas evolve scores ------------------------
     results = {}
-    for strategy in args.strategies:
-        out = run_dir / f"supernet-{strategy}"
-        if not (out / "supernet.pt").is_file() or int(last_row(out / "metrics.csv")["epoch"]) < args.epochs:
-            resume = ["--resume"] if (out / "last.pt").is_file() else []
-            run(nas + ["train-supernet", "--space", args.space, *common, "--strategy", strategy,
-                       "--calib-images", str(args.calib_images), "--out", str(out), *resume], args.threads)
-        state, meta = load_model_weights(out / "supernet.pt")
-        scorer = CandidateScorer(space.to_dict(), int(meta["num_classes"]), state, subsets.data, threads=args.threads)
-        scored = [scorer.score(a)["map"] for a in archs]
+    for strategy, (out, state, meta) in supernets.items():
+        candidates = CandidateScorer(space.to_dict(), int(meta["num_classes"]), state, subsets.data,
+                                     threads=args.threads)
+        scored = [candidates.score(a)["map"] for a in archs]
         steps = int(last_row(out / "metrics.csv")["step"])
-        alone = [s["mAP"] for s in standalone]
         share = {name: (scored[k] / alone[k] if alone[k] > 0 else None) for k, name in ((0, "largest"), (1, "smallest"))}
         tau = kendall_tau(scored, alone)
         results[strategy] = {"steps": steps, "supernet_mAP": scored, "kendall_tau": None if math.isnan(tau) else tau,
                              "share_of_standalone": share}
+    proxies = {}
+    for proxy in ("params", "flops"):
+        tau = kendall_tau([s[proxy] for s in standalone], alone)
+        proxies[proxy] = None if math.isnan(tau) else tau
 
     rows = [{"arch": a.to_dict(), "predicted_ms": round(predictor.predict(a), 4), "standalone_mAP": s["mAP"],
-             "standalone_steps": s["steps"],
+             "standalone_steps": s["steps"], "params": s["params"], "flops": s["flops"],
              **{f"{k}_mAP": results[k]["supernet_mAP"][i] for k in results}}
             for i, (a, s) in enumerate(zip(archs, standalone))]
-    print()
+    print(f"\nscored on the supernets' search split: {subsets.val_images} held-out training images; exact BN "
+          f"statistics on {subsets.calib_images} training images for every network")
     head = f"{'#':>2} {'pred ms':>8} {'alone':>7} " + " ".join(f"{k:>9}" for k in results)
     print(head)
     for i, r in enumerate(rows):
@@ -184,14 +238,15 @@ def main() -> None:
         share = v["share_of_standalone"]
         fmt = lambda x: "n/a" if x is None else f"{100 * x:.0f}%"  # noqa: E731
         print(f"{k}: Kendall tau {fmt_tau(v['kendall_tau'])} over {len(archs)} archs ({v['steps']} supernet steps); "
-              f"largest {fmt(share['largest'])}, smallest {fmt(share['smallest'])} of stand-alone mAP "
-              f"(target >= 70%)")
+              f"largest {fmt(share['largest'])}, smallest {fmt(share['smallest'])} of stand-alone mAP")
+    print("proxies: Kendall tau of params " + fmt_tau(proxies["params"]) + ", of FLOPs " + fmt_tau(proxies["flops"]))
     write_result(args.out, {
-        "benchmark": "supernet_ranking", "space": args.space, "data": str(data), "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "warmup_iters": args.warmup_iters,
-        "calib_images": args.calib_images, "val_images": subsets.val_images, "threads": args.threads,
-        "seed": args.seed, "archs": rows, "strategies": results, "run_dir": str(run_dir),
-        "total_time_s": round(time.perf_counter() - started, 1)})
+        "benchmark": "supernet_ranking", "command": " ".join(sys.argv), "space": args.space, "data": str(data),
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup_iters": args.warmup_iters,
+        "search_fraction": args.search_fraction, "num_random": args.num_random,
+        "calib_images": subsets.calib_images, "scored_images": subsets.val_images, "threads": args.threads,
+        "seed": args.seed, "archs": rows, "strategies": results, "proxy_kendall_tau": proxies,
+        "run_dir": str(run_dir), "total_time_s": round(time.perf_counter() - started, 1)})
 
 
 if __name__ == "__main__":

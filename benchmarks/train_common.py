@@ -116,3 +116,28 @@ def write_result(path: str | None, result: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def eval_vs_batch_stats(model_file: Path, arch: str | Path, data: Path, input_size: int,
+                        batch_size: int = 8) -> dict:
+    """mAP of a trained model on the validation split in eval mode, as `nas eval` scores it (its
+    saved BN statistics), and with every BN normalising with each evaluation batch's own statistics
+    (batches of `batch_size` validation images, in dataset order); and their ratio."""
+    from bn_batch_stats import with_batch_stats
+
+    from picodet_nas.data import resolve_data
+    from picodet_nas.data.coco import CocoDetection
+    from picodet_nas.engine.evaluate import evaluate_coco
+    from picodet_nas.engine.retrain import load_trained_model
+
+    paths = resolve_data(data)
+    val = CocoDetection(paths.val_ann, paths.val_images)
+    model, _, _ = load_trained_model(arch, model_file, input_size)
+    eval_mode = evaluate_coco(model, val, input_size, batch_size=batch_size)["mAP"]
+    with_batch_stats(model, "")
+    batch_stats = evaluate_coco(model, val, input_size, batch_size=batch_size)["mAP"]
+    out = {"eval_mode_mAP": eval_mode, "batch_stats_mAP": batch_stats,
+           "ratio": eval_mode / batch_stats if batch_stats > 0 else None, "batch_size": batch_size}
+    print(f"eval mode (as nas eval) mAP {eval_mode:.4f}; with the batch statistics of {batch_size} images "
+          f"{batch_stats:.4f}" + (f"; ratio {out['ratio']:.3f}" if out["ratio"] is not None else ""), flush=True)
+    return out

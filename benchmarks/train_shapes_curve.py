@@ -5,8 +5,11 @@ The acceptance figure: mAP@[.5:.95] >= 0.50 within 15 minutes of training on 2 c
 published recipe (300 epochs, batch 128 per GPU, LR 0.4 at a global batch of 512, 300 warm-up
 iterations) is sized for days on 4 GPUs; the defaults here are the CPU recipe that met the
 target (README): input 192 (multi-scale 128-256), batch 8, LR 0.05, 20 warm-up iterations, 22
-epochs (cosine horizon = epochs), the last 3 with BN frozen and gradients clipped at norm 5, no
-data-loading worker processes, evaluation after every epoch. `--epochs 0` sizes the epochs to
+epochs (cosine horizon = epochs), gradients clipped at norm 5, no BN freeze (the evaluated
+weights get exact BN statistics, `nas retrain --calib-images`), no data-loading worker
+processes, evaluation after every epoch. At the end the final model is scored in eval mode
+(as `nas eval` runs it) and with batch statistics of 8 images, whose ratio is the BN-fidelity
+figure. `--epochs 0` sizes the epochs to
 the budget with a throughput probe instead.
 
 The run is a real `nas retrain` subprocess; the curve comes from its `metrics.csv`
@@ -24,9 +27,8 @@ import os
 import time
 from pathlib import Path
 
-from train_common import (BENCH_ROOT, add_bn_freeze_flags,
-                          count_train_images, ensure_shapes, epochs_for_budget, print_curve,
-                          probe_img_per_s, read_curve, run_retrain, write_result)
+from train_common import (BENCH_ROOT, add_bn_freeze_flags, count_train_images, ensure_shapes, epochs_for_budget,
+                          eval_vs_batch_stats, print_curve, probe_img_per_s, read_curve, run_retrain, write_result)
 
 
 def main() -> None:
@@ -47,8 +49,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
     ap.add_argument("--target", type=float, default=0.50, help="mAP@[.5:.95] to reach (default: 0.50)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra", default="", help="more `nas retrain` flags, in one string (e.g. '--calib-images 0')")
     ap.add_argument("--out", help="write the result JSON here")
-    add_bn_freeze_flags(ap, freeze_epochs=3, grad_clip=5.0)
+    add_bn_freeze_flags(ap, freeze_epochs=0, grad_clip=5.0)
     args = ap.parse_args()
 
     data = args.data or ensure_shapes(args.train_images, args.val_images)
@@ -66,7 +69,8 @@ def main() -> None:
     total_s = run_retrain(args.arch, data, run_dir, input_size=args.input_size, epochs=epochs,
                           batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup_iters, seed=args.seed,
                           threads=args.threads, workers=args.workers,
-                          bn_freeze_epochs=args.bn_freeze_epochs, grad_clip=args.grad_clip)
+                          bn_freeze_epochs=args.bn_freeze_epochs, grad_clip=args.grad_clip,
+                          extra=args.extra.split())
 
     curve = read_curve(run_dir)
     within = [p for p in curve if "mAP" in p and p["train_time_s"] <= budget_s]
@@ -78,13 +82,15 @@ def main() -> None:
     print(f"best mAP within {args.budget_min:g} min of training: {best['mAP'] if best else float('nan'):.4f} "
           f"(target {args.target}: {'met' if ok else 'NOT met'})"
           + (f"; reached after {reached['train_time_s']:.0f} s" if reached else ""))
+    fidelity = eval_vs_batch_stats(run_dir / "model.pt", args.arch, data, args.input_size, args.batch_size)
     write_result(args.out, {
         "benchmark": "train_shapes_curve", "arch": args.arch, "input_size": args.input_size,
         "batch_size": args.batch_size, "lr": args.lr, "warmup_iters": args.warmup_iters, "epochs": epochs,
         "bn_freeze_epochs": args.bn_freeze_epochs, "grad_clip": args.grad_clip,
         "threads": args.threads, "data": str(data), "train_images": train_images,
         "budget_s": budget_s, "target_mAP": args.target, "target_met": ok, "best_within_budget": best,
-        "reached_target": reached, "curve": curve, "run_dir": str(run_dir), "total_time_s": round(total_s, 1)})
+        "reached_target": reached, "curve": curve, "bn_fidelity": fidelity, "extra": args.extra,
+        "run_dir": str(run_dir), "total_time_s": round(total_s, 1)})
 
 
 if __name__ == "__main__":

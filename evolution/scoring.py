@@ -23,7 +23,7 @@ scored it or when; each worker runs PyTorch with the same number of threads.
 Params and FLOPs are those `nas summary` reports (`picodet_nas.summary`: every learnable
 tensor; FLOPs = 2 x the multiply-adds thop counts, BN included, the published convention),
 counted on the extracted static network. thop costs 0.2-0.35 s per quickstart candidate
-(a batch-1 forward pass on a copy), under 1% of scoring on the default 2000 + 500 images,
+(a batch-1 forward pass on a copy), a small part of scoring on the default 256 + 500 images,
 and keeps `best.yaml` equal to what `nas summary` and `nas retrain` report for the same arch.
 """
 
@@ -87,27 +87,17 @@ def tensors_from(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-class CandidateScorer:
-    """Scores candidates of one space with the weights of one supernet."""
+class NetworkScorer:
+    """Scores networks on one `ScoringData`: exact BN statistics on its calibration images
+    (`BNCalibration`), then COCO mAP on its held-out images; images decoded once per size.
+    The one scoring path of a candidate and of a network trained alone (benchmarks)."""
 
-    def __init__(self, space_definition: Mapping[str, Any], num_classes: int, state: Mapping[str, Any],
-                 data: ScoringData | Mapping[str, Any], threads: int | None = 1):
-        if threads:
-            torch.set_num_threads(int(threads))  # Ray sets OMP_NUM_THREADS only for fresh workers
+    def __init__(self, data: ScoringData | Mapping[str, Any]):
         self.data = data if isinstance(data, ScoringData) else ScoringData(**data)
-        self.space = SearchSpace.from_dict(dict(space_definition), source="supernet space")
-        self.supernet = Supernet(self.space, num_classes)
-        apply_state(self.supernet, tensors_from(state), "supernet weights")
-        self.supernet.eval()
-        with warnings.catch_warnings():  # thop (used for FLOPs) warns about distutils when imported
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import thop  # noqa: F401
         self._calibration: BNCalibration | None = None
         self._val_set: CocoDetection | None = None
         self._eval: dict[int, EvalCache] = {}
-        self.worker = worker_id()
 
-    # ---- data, decoded once per input size ---------------------------------------------
     @property
     def calibration(self) -> BNCalibration:
         if self._calibration is None:
@@ -126,21 +116,44 @@ class CandidateScorer:
             self._val_set = CocoDetection(self.data.val_ann, self.data.val_images)
         return self._val_set
 
-    # ---- one candidate ---------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, model: torch.nn.Module, size: int) -> dict[str, float]:
+        """The twelve COCO numbers of `model` (a static network, on the CPU; its BN statistics are
+        overwritten) at input `size`."""
+        held_out = self.eval_cache(size)
+        self.calibration(model, size)
+        model.eval()
+        detections = predict_batches(model, held_out.batches(self.data.batch_size),
+                                     self.val_set.label_to_cat_id, torch.device("cpu"))
+        return coco_evaluate(self.val_set.coco, detections, held_out.image_ids)
+
+
+class CandidateScorer:
+    """Scores candidates of one space with the weights of one supernet."""
+
+    def __init__(self, space_definition: Mapping[str, Any], num_classes: int, state: Mapping[str, Any],
+                 data: ScoringData | Mapping[str, Any], threads: int | None = 1):
+        if threads:
+            torch.set_num_threads(int(threads))  # Ray sets OMP_NUM_THREADS only for fresh workers
+        self.scorer = NetworkScorer(data)
+        self.data = self.scorer.data
+        self.space = SearchSpace.from_dict(dict(space_definition), source="supernet space")
+        self.supernet = Supernet(self.space, num_classes)
+        apply_state(self.supernet, tensors_from(state), "supernet weights")
+        self.supernet.eval()
+        with warnings.catch_warnings():  # thop (used for FLOPs) warns about distutils when imported
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import thop  # noqa: F401
+        self.worker = worker_id()
+
     @torch.no_grad()
     def score(self, arch: Arch | Mapping[str, Any]) -> dict[str, Any]:
         """{map, map50, params, flops, worker, score_seconds} of `arch` (an Arch or its dict)."""
         arch = arch if isinstance(arch, Arch) else Arch.from_dict(arch)
         started = time.perf_counter()
-        size = arch.input_size
-        held_out = self.eval_cache(size)
         model = self.supernet.extract(arch)
-        self.calibration(model, size)
-        model.eval()
-        detections = predict_batches(model, held_out.batches(self.data.batch_size),
-                                     self.val_set.label_to_cat_id, torch.device("cpu"))
-        stats = coco_evaluate(self.val_set.coco, detections, held_out.image_ids)
-        macs = count_macs(model, size)
+        stats = self.scorer.score(model, arch.input_size)
+        macs = count_macs(model, arch.input_size)
         return {
             "map": float(stats["mAP"]),
             "map50": float(stats["mAP50"]),

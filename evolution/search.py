@@ -163,14 +163,14 @@ def load_inputs(cfg: EvolveConfig) -> tuple[float, LatencyPredictor, dict, dict]
 
 
 def reference_archs(genomes: GenomeSpace) -> list[Arch]:
-    """The space's uniform-width networks, at a searchable input size (the base one if it is,
-    else the nearest the table measured)."""
+    """The space's uniform-width networks (the base arch with every block at one channel ratio),
+    each at every input size the table measured, so that some lie near any budget."""
     out: list[Arch] = []
     for arch in genomes.space.uniform_archs():
-        if arch.input_size not in genomes.input_sizes:
-            arch = arch.replace(input_size=min(genomes.input_sizes, key=lambda s: (abs(s - arch.input_size), s)))
-        if genomes.allows(arch) and arch not in out:
-            out.append(arch)
+        for size in sorted(genomes.input_sizes):
+            candidate = arch.replace(input_size=size)
+            if genomes.allows(candidate) and candidate not in out:
+                out.append(candidate)
     return out
 
 

@@ -187,3 +187,37 @@ class PicoDetLoss:
             "num_pos": float(num_pos),
         }
         return total, parts
+
+
+def inplace_distillation_loss(student, teacher, num_classes, reg_max=7):
+    """In-place distillation of a dense detector (BigNAS / AttentiveNAS use it for logits; here
+    for the two outputs of every prior): the student's class scores against the teacher's
+    (sigmoid BCE minus the teacher's own entropy, i.e. a per-class Bernoulli KL, summed over
+    classes) and its box distributions against the teacher's (KL of the softmax over the
+    `reg_max + 1` bins, averaged over the 4 sides, weighted by the teacher's highest class
+    score so that background priors barely count); both normalised by the sum of those weights.
+
+    student, teacher: per-level head outputs `[B, C + 4 * (reg_max + 1), H, W]`; the teacher
+    (detached by the caller) may run at another input size: its maps are resized (bilinear) to
+    the student's, which holds because both see the same images, scaled.
+    """
+    s_flat, t_flat = [], []
+    for s, t in zip(student, teacher):
+        if t.shape[-2:] != s.shape[-2:]:
+            t = F.interpolate(t, size=s.shape[-2:], mode="bilinear", align_corners=False)
+        s_flat.append(s.flatten(2))
+        t_flat.append(t.flatten(2))
+    s_all = torch.cat(s_flat, dim=2).transpose(1, 2).float()  # [B, N, C + 4 * bins]
+    t_all = torch.cat(t_flat, dim=2).transpose(1, 2).float()
+    s_cls, t_cls = s_all[..., :num_classes], t_all[..., :num_classes]
+    t_prob = t_cls.sigmoid()
+    cls_kl = (F.binary_cross_entropy_with_logits(s_cls, t_prob, reduction="none")
+              - F.binary_cross_entropy_with_logits(t_cls, t_prob, reduction="none")).sum(-1)  # [B, N]
+    bins = reg_max + 1
+    s_reg = s_all[..., num_classes:].reshape(*s_all.shape[:2], 4, bins)
+    t_reg = t_all[..., num_classes:].reshape(*t_all.shape[:2], 4, bins)
+    t_logp = F.log_softmax(t_reg, dim=-1)
+    box_kl = (t_logp.exp() * (t_logp - F.log_softmax(s_reg, dim=-1))).sum(-1).mean(-1)  # [B, N]
+    weight = t_prob.max(dim=-1).values
+    norm = weight.sum().clamp(min=1.0)
+    return (cls_kl.sum() + (box_kl * weight).sum()) / norm

@@ -58,6 +58,8 @@ class SupernetPlan:
 
     def __init__(self, sampler: SubnetSampler):
         self.sampler = sampler
+        # sandwich steps run the largest subnet first: it can teach the others (--distill)
+        self.teacher_first = sampler.strategy == "sandwich"
         self.base_input_size = max(sampler.space.input_sizes)
 
     def networks(self, step: int) -> list[NetworkPass]:
@@ -130,6 +132,8 @@ def train_supernet(space_spec: str | Path, data: str | Path, *, options: Mapping
 
 
 def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
+    if options.get("distill") and (options.get("strategy") or DEFAULT_STRATEGY) != "sandwich":
+        raise UserError("--distill needs --strategy sandwich: the largest subnet of each step teaches the others")
     if options.get("bn_freeze_epochs"):
         raise UserError("--bn-freeze-epochs is for nas retrain only: a supernet's BN statistics belong to no one "
                         "subnet (each candidate's are recalibrated when it is scored)")

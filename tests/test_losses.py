@@ -132,3 +132,20 @@ def test_picodet_loss_rejects_priors_of_another_layout():
     with pytest.raises(ValueError, match="strides"):
         PicoDetLoss(num_classes=2)(torch.zeros(1, 1, 2), torch.zeros(1, 1, 32),
                                    torch.tensor([[4.0, 4.0, 12.0, 12.0]]), [GT_BOX], [GT_LABEL])
+
+
+def test_inplace_distillation_loss_is_zero_at_the_teacher_and_positive_elsewhere():
+    from picodet_nas.losses import inplace_distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    teacher = [torch.randn(2, 3 + 32, h, h, generator=g) for h in (8, 4, 2, 1)]
+    assert inplace_distillation_loss([t.clone() for t in teacher], teacher, 3).item() == pytest.approx(0.0, abs=1e-5)
+    student = [(t + 0.5 * torch.randn(t.shape, generator=g)).requires_grad_() for t in teacher]
+    loss = inplace_distillation_loss(student, teacher, 3)
+    assert loss.item() > 0.01
+    loss.backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
+    # a teacher at twice the input size: its maps are resized to the student's (bilinear, which undoes a
+    # nearest-neighbour doubling exactly)
+    big = [torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest") for t in teacher]
+    assert inplace_distillation_loss([t.clone() for t in teacher], big, 3).item() == pytest.approx(0.0, abs=1e-5)

@@ -119,7 +119,8 @@ def test_bad_quickstart_arguments_exit_2_before_anything_is_written(tmp_path):
 
 def test_quickstart_end_to_end_on_a_tiny_config(tmp_path):
     write(tmp_path / "tiny.yaml", TINY_CONFIG)
-    r = nas("quickstart", "--config", "tiny.yaml", "--out", "run", "--seed", "1", cwd=tmp_path, timeout=600)
+    r = nas("quickstart", "--config", "tiny.yaml", "--out", "run", "--seed", "1", "--compare", cwd=tmp_path,
+            timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "run"
     assert "latency budget:" in r.stdout and "report.md" in r.stdout
@@ -132,7 +133,8 @@ def test_quickstart_end_to_end_on_a_tiny_config(tmp_path):
     tables = sorted((run / "latency").glob("*.json"))
     assert len(tables) == 1 and tables[0].with_suffix(".png").is_file()
     summary = load_json(run / "summary.json")
-    assert [s["stage"] for s in summary["stages"]] == ["data", "supernet", "profile", "evolve", "retrain", "eval"]
+    assert [s["stage"] for s in summary["stages"]] == ["data", "supernet", "profile", "evolve", "retrain", "eval",
+                                                       "compare"]
     assert summary["config"]["seed"] == 1
     budget = summary["budget"]["ms"]
     assert summary["latency"]["fastest_ms"] <= budget <= summary["latency"]["slowest_ms"]
@@ -155,3 +157,9 @@ def test_quickstart_end_to_end_on_a_tiny_config(tmp_path):
     assert files["scored"] <= files["held"] and not files["held"] & files["trained"]
     assert not (files["held"] | files["scored"]) & files["val"]
     assert "scored on the search split" in report
+    # --compare: the uniform-width reference retrained alike, beside the winner
+    compared = summary["compare"]
+    assert (run / "compare" / "metrics.json").is_file() and compared["label"].startswith("uniform ")
+    assert load_json(run / "compare" / "metrics.json")["coco"] == compared["coco"]
+    assert "## Searched vs uniform width" in report and compared["label"] in report
+    assert "retrained alike: mAP" in r.stdout

@@ -31,7 +31,7 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sandwich_run(work) -> Path:
     r = nas("train-supernet", "--space", "tiny_space.yaml", "--data", "data", *SUPERNET_TRAIN,
-            "--strategy", "sandwich", "--num-random", "1", "--out", "sandwich", cwd=work)
+            "--strategy", "sandwich", "--num-random", "1", "--distill", "1.0", "--out", "sandwich", cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
     return work / "sandwich"
 
@@ -50,6 +50,7 @@ def test_supernet_checkpoint_and_landmark_metrics(work, sandwich_run):
     assert len(rows) == 2
     for key in ("largest_mAP", "largest_mAP50", "smallest_mAP", "smallest_mAP50"):
         assert 0.0 <= float(rows[-1][key]) <= 1.0
+    assert all(float(r["loss_kd"]) > 0 for r in rows)  # --distill: the largest subnet taught the others
     log = (sandwich_run / "train.log").read_text()
     assert "largest_mAP" in log and "smallest_mAP" in log
 
@@ -86,6 +87,8 @@ def test_config_file_and_unknown_key(work):
     write(work / "bad2.yaml", "space: tiny_space.yaml\nstrategy: greedy\n")
     assert "strategy: 'greedy' is not one of" in one_line_error(
         nas("train-supernet", "-c", "bad2.yaml", "--data", "data", cwd=work))
+    assert "--distill needs --strategy sandwich" in one_line_error(
+        nas("train-supernet", "--space", "tiny_space.yaml", "--data", "data", "--distill", "1", cwd=work))
     assert "--bn-freeze-epochs is for nas retrain only" in one_line_error(
         nas("train-supernet", "--space", "tiny_space.yaml", "--data", "data", "--bn-freeze-epochs", "1", cwd=work))
 

@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="a YAML file merged over the shipped picodet_nas/configs/quickstart.yaml (same sections: "
                         "dataset, supernet, profile, budget, evolve, retrain; only the keys you change)")
+    p.add_argument("--compare", action="store_true",
+                   help="also retrain the uniform-width reference of similar predicted latency (within 15%%) that the "
+                        "supernet scored highest, alike, and put both retrained mAPs side by side in report.md")
     p.set_defaults(handler=run)
 
 
@@ -49,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
         except UserError as e:  # its message names nas evolve's flag
             raise UserError(str(e).replace("--latency-budget", "--budget-ms", 1)) from None
     run = prepare_run_dir("quickstart", out=args.out, name=args.name, default_name=default_run_name("quickstart"))
-    summary = run_quickstart(cfg, run.path, budget_ms=budget_ms)
+    summary = run_quickstart(cfg, run.path, budget_ms=budget_ms, compare=args.compare)
     final = summary["retrain"]
     print(f"{run.path / 'report.md'}: mAP {final['coco']['mAP']:.4f}, {final['measured_latency_ms']:.3f} ms measured "
-          f"for a {summary['budget']['ms']:g} ms budget, {summary['total_seconds']:.0f} s in all")
+          f"for a {summary['budget']['ms']:g} ms budget, {summary['total_seconds']:.0f} s in all"
+          + (f"; {summary['compare']['label']} retrained alike: mAP {summary['compare']['coco']['mAP']:.4f}"
+             if "compare" in summary else ""))
     return 0

@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--strategy", choices=("uniform", "sandwich"),
                    help="subnets per step: uniform (one random; default) or sandwich (largest + smallest + random)")
     p.add_argument("--num-random", type=int, help="random subnets per sandwich step (default: 2)")
+    p.add_argument("--distill", type=float, metavar="W",
+                   help="sandwich only: in-place distillation, the largest subnet of each step teaches the others its "
+                        "class scores and box distributions, with weight W beside the detection loss (default: 0)")
     p.add_argument("--search-fraction", type=float, metavar="F",
                    help="fraction of the training images held out from supernet training as the search split, "
                         "on which subnets and search candidates are scored (default: 0.1)")
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     for key in ("space", "data"):
         if not values.get(key):
             raise UserError(f"--{key} is required (on the command line or in the -c config file)")
-    options = {k: values[k] for k in (*TRAIN_OPTIONS, "strategy", "num_random", "search_fraction") if k in values}
+    options = {k: values[k] for k in (*TRAIN_OPTIONS, "strategy", "num_random", "search_fraction", "distill") if k in values}
     summary = train_supernet(values["space"], values["data"], options=options, out=values.get("out"),
                              name=values.get("name"), resume=args.resume)
     if summary is not None:

@@ -55,7 +55,7 @@ def allowed_keys() -> dict[str, set[str]]:
     train = set(TRAIN_OPTIONS) - {"seed"}
     return {
         "dataset": set(inspect.signature(make_shapes_dataset).parameters) - {"out_dir", "overwrite", "seed"},
-        "supernet": train | {"strategy", "num_random", "search_fraction"},
+        "supernet": train | {"strategy", "num_random", "search_fraction", "distill"},
         "profile": {"threads", "repeats", "warmup", "burst", "calibrate", "validate", "statistic", "clock",
                     "allow_spinning", "input_sizes"},
         "budget": {"fraction", "ms"},
@@ -218,7 +218,8 @@ def _num_classes(data: Path) -> int:
     return len(doc["categories"])
 
 
-def run_quickstart(cfg: QuickstartConfig, run_dir: Path, *, budget_ms: float | None = None) -> dict[str, Any]:
+def run_quickstart(cfg: QuickstartConfig, run_dir: Path, *, budget_ms: float | None = None,
+                   compare: bool = False) -> dict[str, Any]:
     """Run every stage into `run_dir` (an empty folder) and write report.md; returns the summary
     (also written as summary.json)."""
     import torch
@@ -230,7 +231,7 @@ def run_quickstart(cfg: QuickstartConfig, run_dir: Path, *, budget_ms: float | N
     started = time.perf_counter()
     try:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        summary = _pipeline(cfg, run_dir, budget_ms, log)
+        summary = _pipeline(cfg, run_dir, budget_ms, log, compare)
         summary["total_seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_json(run_dir / SUMMARY_FILE, summary)
         write_report(run_dir / REPORT_FILE, summary)
@@ -243,12 +244,13 @@ def run_quickstart(cfg: QuickstartConfig, run_dir: Path, *, budget_ms: float | N
             h.close()
 
 
-def _pipeline(cfg: QuickstartConfig, run_dir: Path, budget_ms: float | None, log: logging.Logger) -> dict[str, Any]:
+def _pipeline(cfg: QuickstartConfig, run_dir: Path, budget_ms: float | None, log: logging.Logger,
+              compare: bool = False) -> dict[str, Any]:
     import torch
     from evolution.search import EvolveConfig, run_evolve
     from supernet.train import SUPERNET_FILE, train_supernet
 
-    from ..arch import load_arch_file
+    from ..arch import load_arch_file, save_arch
     from ..data import make_shapes_dataset
     from ..engine.retrain import METRICS_FILE, MODEL_FILE, evaluate_checkpoint, retrain
     from ..latency import default_table_name, profile_device, write_table
@@ -259,7 +261,7 @@ def _pipeline(cfg: QuickstartConfig, run_dir: Path, budget_ms: float | None, log
 
     seed = cfg.seed
     space = load_space(cfg.space)
-    stages = _Stages(log, total=6)
+    stages = _Stages(log, total=7 if compare else 6)
     machine = device_info()
     summary: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "run_dir": str(run_dir), "config": cfg.to_dict(),
@@ -338,10 +340,69 @@ def _pipeline(cfg: QuickstartConfig, run_dir: Path, budget_ms: float | None, log
         evaluated = evaluate_checkpoint(str(best_yaml), run_dir / "retrain" / MODEL_FILE, str(data),
                                         out=str(run_dir / "eval"), workers=0, device=retrain_options["device"])
     summary["eval"] = {"metrics": f"eval/{METRICS_FILE}", "coco": evaluated["coco"]}
+
+    if compare:
+        reference = comparison_reference(space, run_dir / "evolve" / "pareto.csv",
+                                         float(best_doc["scores"]["predicted_latency_ms"]))
+        ref_yaml = run_dir / "evolve" / "reference.yaml"
+        save_arch(reference["arch"], ref_yaml)
+        with stages.stage("compare", "compare", f"retraining the uniform-width reference {reference['label']} alike"):
+            init = initial_weights({"init": init_kind, "supernet": str(run_dir / "supernet" / SUPERNET_FILE)},
+                                   str(ref_yaml))
+            ref_metrics = retrain(str(ref_yaml), str(data), options=retrain_options, out=str(run_dir / "compare"),
+                                  init=init)
+        summary["compare"] = {"label": reference["label"], "arch": reference["arch"].to_dict(),
+                              "supernet_map": reference["map"], "predicted_latency_ms": reference["latency_ms"],
+                              "coco": ref_metrics["coco"], "metrics": f"compare/{METRICS_FILE}"}
     return summary
 
 
+def comparison_reference(space, pareto_csv: Path, latency_ms: float, tolerance: float = 0.15) -> dict[str, Any]:
+    """The uniform-width reference the search's winner is compared with: among the references of
+    the search (pareto.csv) within `tolerance` of its predicted latency, the one the supernet
+    scored highest; the nearest in latency when none is that close."""
+    import csv
+
+    by_key = {a.replace(input_size=size).key(): a.replace(input_size=size)
+              for a in space.uniform_archs() for size in space.input_sizes}
+    refs = [r for r in csv.DictReader(pareto_csv.open()) if r["role"] == "reference" and r["arch_key"] in by_key]
+    if not refs:
+        raise UserError(f"{pareto_csv}: the search scored no uniform-width reference to compare with")
+    near = [r for r in refs if abs(float(r["predicted_latency_ms"]) - latency_ms) <= tolerance * latency_ms]
+    pick = (max(near, key=lambda r: float(r["map"])) if near
+            else min(refs, key=lambda r: abs(float(r["predicted_latency_ms"]) - latency_ms)))
+    arch = by_key[pick["arch_key"]]
+    return {"arch": arch, "map": float(pick["map"]), "latency_ms": float(pick["predicted_latency_ms"]),
+            "label": f"uniform {arch.channel_ratio[0]:g} at {arch.input_size} px"}
+
+
 # ---- the report ----------------------------------------------------------------------------
+def _comparison_lines(s: Mapping[str, Any]) -> list[str]:
+    """`--compare`: the winner and the uniform-width reference, retrained alike, side by side."""
+    if "compare" not in s:
+        return []
+    ref, final, evo = s["compare"], s["retrain"], s["evolve"]
+    return [
+        "## Searched vs uniform width",
+        "",
+        f"The uniform-width reference nearest the winner's predicted latency that the supernet scored highest "
+        f"({ref['label']}), retrained with the same settings and initialisation (`{ref['metrics']}`), on the "
+        "validation split:",
+        "",
+        "| network | supernet score (search split) | predicted latency | retrained mAP | retrained mAP50 |",
+        "|---|---|---|---|---|",
+        f"| searched | {_fmt(evo['scores'].get('map'))} | {_fmt(final.get('predicted_latency_ms'), '.3f', ' ms')} | "
+        f"{_fmt(final['coco'].get('mAP'))} | {_fmt(final['coco'].get('mAP50'))} |",
+        f"| {ref['label']} | {_fmt(ref['supernet_map'])} | {_fmt(ref['predicted_latency_ms'], '.3f', ' ms')} | "
+        f"{_fmt(ref['coco'].get('mAP'))} | {_fmt(ref['coco'].get('mAP50'))} |",
+        "",
+        "One seed each: a difference smaller than the seed-to-seed spread of these short schedules (see the "
+        "README's benchmarks) is not a result.",
+        "",
+    ]
+
+
+
 def _fmt(value: Any, spec: str = ".4f", unit: str = "") -> str:
     if value is None:
         return "n/a"
@@ -418,6 +479,7 @@ def write_report(path: Path, s: Mapping[str, Any]) -> Path:
         f"| latency budget | {_fmt(final.get('latency_budget_ms'), 'g', ' ms')} |",
         f"| budget met | {'n/a' if final.get('budget_met') is None else ('yes' if final['budget_met'] else 'no')} |",
         "",
+        *_comparison_lines(s),
         "The generated data and the short schedules make these numbers a demonstration of the pipeline, "
         "not of PicoDet's accuracy: the real-scale settings are the commands' defaults.",
         "",

@@ -93,6 +93,7 @@ class TrainConfig:
     ema_decay: float = 0.9998
     ema_warmup: int = 10
     ema_cycle_epochs: int = 40
+    distill: float = 0.0  # supernet sandwich steps: weight of in-place distillation from the largest subnet
     calib_images: int = 256  # training images for the exact BN statistics of the evaluated weights; 0: none
     ema_buffers: bool = True  # average the BN running statistics with the weights (False: take the model's)
     train_interp: str = "batch"  # interpolation filter: "batch" (one per batch), "image" (per image) or a name
@@ -181,6 +182,7 @@ class TrainConfig:
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a positive integer")
         for name in ("warmup_iters", "seed", "ema_warmup", "ema_cycle_epochs", "bn_freeze_epochs"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an integer >= 0")
+        need(is_num(self.distill) and self.distill >= 0, "distill", "a number >= 0 (0: no distillation)")
         need(is_int(self.calib_images) and self.calib_images >= 0, "calib_images", "an integer >= 0")
         need(self.workers is None or (is_int(self.workers) and self.workers >= 0), "workers", "an integer >= 0")
         need(self.lr is None or (is_num(self.lr) and self.lr > 0), "lr", "a positive number")

@@ -17,6 +17,7 @@ learning rate and weight decay with Ray Tune before the final training.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,10 +267,7 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
     if cfg.calib_images:
         calibration = BNCalibration(train_set, cfg.calib_images, seed=cfg.seed, device=dist_info.device,
                                     workers=cfg.data_workers(dist_info.device))
-
-        def calibrate(m: torch.nn.Module) -> None:
-            calibration(m, arch.input_size)
-
+        calibrate = functools.partial(calibration, size=arch.input_size)
         log.info(f"BN statistics of the evaluated weights: exact, on {min(cfg.calib_images, len(train_set))} "
                  "training images")
     trainer = Trainer(model, StaticPlan(arch.input_size), cfg, train_set, run.path, dist_info, meta=meta,

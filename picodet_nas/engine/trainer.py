@@ -36,7 +36,7 @@ from tqdm import tqdm
 from ..checkpoint import apply_state, save_checkpoint
 from ..data import CocoDetection, build_train_loader
 from ..errors import CheckpointError, UserError
-from ..losses import PicoDetLoss
+from ..losses import PicoDetLoss, inplace_distillation_loss
 from ..models import flatten_outputs
 from ..utils.io import atomic_write_text
 from .config import TrainConfig
@@ -48,7 +48,7 @@ from .plan import StepPlan, pass_size, resize_batch
 from .schedule import LRSchedule
 from .state import capture_rng, restore_rng
 
-LOSS_KEYS = ("loss", "loss_vfl", "loss_giou", "loss_dfl")
+LOSS_KEYS = ("loss", "loss_vfl", "loss_giou", "loss_dfl", "loss_kd")
 TRAIN_COLUMNS = ("epoch", "step", "lr", *LOSS_KEYS, "num_pos", "img_per_s", "epoch_time_s", "wall_time_s")
 TIME_COLUMNS = ("img_per_s", "epoch_time_s", "wall_time_s")
 
@@ -306,14 +306,23 @@ class Trainer:
         labels = [t["labels"].to(self.device) for t in targets]
         passes = self.plan.networks(p.step)
         totals = dict.fromkeys((*LOSS_KEYS, "num_pos"), 0.0)
-        for net_pass in passes:
+        distill = self.cfg.distill > 0 and getattr(self.plan, "teacher_first", False) and len(passes) > 1
+        teacher = None
+        for i, net_pass in enumerate(passes):
             size = pass_size(images.shape[-1], self.plan.base_input_size, net_pass.input_size)
             x, bx = resize_batch(images, boxes, size)
             x = x.contiguous(memory_format=self.memory_format)
             with autocast(self.device, self.amp_dtype):
                 outs = self.net(x) if net_pass.arch is None else self.net(x, net_pass.arch)
-            cls_logits, reg_logits, priors = flatten_outputs([o.float() for o in outs], self.num_classes)
+            outs = [o.float() for o in outs]
+            cls_logits, reg_logits, priors = flatten_outputs(outs, self.num_classes)
             loss, parts = self.loss_fn(cls_logits, reg_logits, priors, bx, labels)
+            if distill and i == 0:
+                teacher = [o.detach() for o in outs]
+            elif distill:
+                kd = inplace_distillation_loss(outs, teacher, self.num_classes)
+                loss = loss + self.cfg.distill * kd
+                totals["loss_kd"] += kd.item()
             if not math.isfinite(loss.item()):
                 raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at step {p.step + 1} "
                                        f"(lr {self.schedule(p.step):.4g}); lower --lr or lengthen the warm-up")
