@@ -310,7 +310,7 @@ def test_train_step_equals_a_hand_written_step(tmp_path, plan, channels_last):
     assert torch.allclose(trainer.ema.shadow[first], 0.9 * model.state_dict()[first])  # d_0 = 0.1
 
 
-def _tiny_trainer(tmp_path, **overrides):
+def _tiny_trainer(tmp_path, calibrate=None, **overrides):
     from engine_helpers import TINY_ARCH, shapes
     from picodet_nas.arch import load_arch_file
     from picodet_nas.data import CocoDetection
@@ -325,7 +325,7 @@ def _tiny_trainer(tmp_path, **overrides):
     cfg = TrainConfig.for_arch(arch, **{"batch_size": 2, "lr": 0.1, "warmup_iters": 0, "workers": 0,
                                         "device": "cpu", "input_size": 64, **overrides})
     return Trainer(build_model(arch, dataset.num_classes), StaticPlan(64), cfg, dataset, tmp_path / "run",
-                   DistInfo(0, 1, 0, torch.device("cpu")), meta={})
+                   DistInfo(0, 1, 0, torch.device("cpu")), meta={}, calibrate=calibrate)
 
 
 def _bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -356,6 +356,32 @@ def test_bn_freeze_keeps_the_running_statistics_of_the_last_epochs(tmp_path):
     assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
     # The EMA restarted when the freeze began: it holds the last two epochs' steps only.
     assert frozen_at[1][1] == 0 and trainer.ema.step == 2 * steps
+
+
+def test_evaluated_weights_get_recalibrated_statistics_except_in_frozen_epochs(tmp_path):
+    """Each due evaluation recomputes the BN statistics of the epoch's weights (they replace the
+    averaged ones in what is saved); in BN-frozen epochs the frozen statistics are kept, since the
+    weights were trained against them."""
+    calls = []
+
+    def calibrate(model):
+        calls.append(model)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.fill_(0.25)
+
+    trainer = _tiny_trainer(tmp_path, calibrate=calibrate, epochs=3, bn_freeze_epochs=1, eval_interval=1)
+    result = trainer.fit()
+    assert len(calls) == 2  # epochs 1 and 2; epoch 3 is frozen
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert not any(torch.all(v == 0.25) for k, v in result.weights.items() if k.endswith("running_mean"))
+    assert all(torch.equal(last["ema"][k], v) for k, v in result.weights.items())
+
+    calls.clear()
+    trainer = _tiny_trainer(tmp_path / "b", calibrate=calibrate, epochs=2, eval_interval=1)
+    result = trainer.fit()
+    assert len(calls) == 2
+    assert all(torch.all(v == 0.25) for k, v in result.weights.items() if k.endswith("running_mean"))
 
 
 def test_grad_clip_bounds_the_first_update(tmp_path):

@@ -38,7 +38,8 @@ def register(sub) -> None:
                            "or '0.017s'")
     need.add_argument("--data", required=True, metavar="DIR",
                       help="COCO-format data the supernet was trained on (COCO 2017 or the simple layout): "
-                           "calibration images come from its train split, scoring images from its val split")
+                           "scoring images are the training images the supernet held out (its search split), "
+                           "calibration images the other training images; the val split is not read")
 
     ea = p.add_argument_group("search (defaults: SPOS / DetNAS)")
     ea.add_argument("--strategy", choices=("ga", "nsga2"), default="ga",

@@ -346,8 +346,15 @@ class Trainer:
 
     @torch.no_grad()
     def _calibrate(self, epoch: int, weights: dict[str, torch.Tensor]) -> None:
-        """Recompute the BN statistics of the epoch's weights in place (rank 0, when due)."""
+        """Recompute the BN statistics of the epoch's weights in place (rank 0, when due).
+
+        Not in the BN-frozen epochs: there the weights were trained against the fixed running
+        statistics, eval mode reproduces the training forward pass exactly, and recomputing them
+        would break that (on the BN-diagnosis data, 12 epochs with the last 3 frozen: mAP 0.084
+        with the frozen statistics, 0.071 recomputed)."""
         if self.calibrate is None or not self.dist.is_main or not self._eval_due(epoch):
+            return
+        if self.cfg.bn_freeze_epochs and epoch >= self.cfg.epochs - self.cfg.bn_freeze_epochs:
             return
         t0 = time.perf_counter()
         self._eval_model.load_state_dict(weights)
