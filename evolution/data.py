@@ -22,7 +22,8 @@ from typing import Sequence
 
 from picodet_nas.data import CocoDetection, DataPaths
 from picodet_nas.data.loader import fixed_subset
-from picodet_nas.data.split import DEFAULT_SEARCH_FRACTION, held_out_indices, split_by_ids, subset_doc
+from picodet_nas.data.split import (DEFAULT_SEARCH_FRACTION, held_out_indices, remaining_indices, split_by_ids,
+                                    subset_doc)
 from picodet_nas.errors import DataError
 from picodet_nas.utils.io import atomic_write_text
 
@@ -62,10 +63,11 @@ def prepare_subsets(paths: DataPaths, out_dir: str | Path, *, calib_images: int 
         rest, held = split_by_ids(train, held_out_ids, source)
     else:
         held = held_out_indices(len(train), DEFAULT_SEARCH_FRACTION, 0)
-        held_set = set(held)
-        rest = [i for i in range(len(train)) if i not in held_set]
+        rest = remaining_indices(len(train), held)
     calib_idx = [rest[i] for i in fixed_subset(len(rest), calib_images, seed)]
     val_idx = [held[i] for i in fixed_subset(len(held), val_images, seed)]
+    if not val_idx:
+        raise DataError(f"{paths.train_ann}: the search split is empty")
     calib_ann, val_ann = out_dir / "calib.json", out_dir / "val.json"
     atomic_write_text(calib_ann, json.dumps(subset_doc(train, calib_idx, False, " (BN calibration)")))
     atomic_write_text(val_ann, json.dumps(subset_doc(train, val_idx, True, " (search split, scored on)")))
@@ -74,8 +76,6 @@ def prepare_subsets(paths: DataPaths, out_dir: str | Path, *, calib_images: int 
     images = str(Path(paths.train_images).resolve())
     data = ScoringData(calib_ann=str(calib_ann.resolve()), calib_images=images, val_ann=str(val_ann.resolve()),
                        val_images=images, batch_size=batch_size)
-    if not val_idx:
-        raise DataError(f"{paths.train_ann}: the search split is empty")
     rescore, rescore_count = None, 0
     if rescore_images is not False:
         more = [held[i] for i in fixed_subset(len(held), rescore_images, seed + 1)]

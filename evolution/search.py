@@ -396,8 +396,10 @@ def _rescore(cfg: EvolveConfig, history: SearchHistory, subsets, space_definitio
             log.info("no re-scoring: the search already scored on all %d search-split images", subsets.val_images)
         return None
     top: list[Scored] = []
+    seen: set[str] = set()
     for c in sorted(history.candidates(), key=Scored.rank_key):
-        if c.key not in {t.key for t in top}:
+        if c.key not in seen:
+            seen.add(c.key)
             top.append(c)
         if len(top) == cfg.rescore_top:
             break

@@ -175,9 +175,8 @@ def _one_pass(model: nn.Module, bns: list, images: torch.Tensor) -> None:
 
 def _bn_by_bn(model: nn.Module, bns: list, images: list[torch.Tensor]) -> None:
     """Eval mode, one BN at a time in forward order, pooling its input's moments over the batches."""
-    order: list = []
-    probe = [bn.register_forward_pre_hook(lambda bn, args: order.append(bn) if bn not in order else None)
-             for bn in bns]
+    order: dict = {}  # insertion-ordered: the BNs in the order the forward pass reaches them
+    probe = [bn.register_forward_pre_hook(lambda bn, args: order.setdefault(bn, None)) for bn in bns]
     try:
         model(images[0][:1])
     finally:

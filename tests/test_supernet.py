@@ -14,7 +14,8 @@ from picodet_nas.errors import SpaceError
 from picodet_nas.models import build_model
 from picodet_nas.space import load_space
 from picodet_nas.summary import count_params
-from supernet import Supernet, SubnetSampler, recalibrate_bn
+from picodet_nas.bn_stats import recalibrate_bn
+from supernet import Supernet, SubnetSampler
 from supernet.dynamic import (DynamicBatchNorm2d, DynamicConv2d, DynamicConvBN, DynamicDPModule, DynamicSE,
                               stacked_prefixes)
 
@@ -190,7 +191,8 @@ def test_subnet_equals_extracted_static_network(name):
                 assert max_diff(out, sn(x, arch.replace(channel_ratio=ratios))) > 100 * TOL
 
         if i % 4 == 0:  # recalibrate subnet and extracted network alike: same statistics, same outputs
-            recalibrate_bn(sn, calib, arch=arch)
+            sn.set_active(arch)
+            recalibrate_bn(sn, calib)
             recalibrate_bn(static, calib)
             sub_bns = bn_modules(sn)
             for key, bn in bn_modules(static).items():
@@ -334,15 +336,13 @@ def test_recalibration_sets_exact_statistics(mode):
 def test_eval_recalibration_does_not_depend_on_batching():
     """One pass over all images, the BN-by-BN passes over batches of 1, 3 or 4: the same statistics;
     and eval mode on the calibration images then reproduces a training-mode pass over all of them."""
-    from picodet_nas.bn_stats import recalibrate_bn as exact
-
     static = randomize_(supernet_of("quickstart").extract(supernet_of("quickstart").space.largest()), seed=3)
     x = torch.cat(images(seed=5, sizes=(8,)))
     results = []
     for split, max_pixels in ((8, None), (1, 1), (3, 1), (4, 1)):
         model = copy.deepcopy(static)
         kwargs = {} if max_pixels is None else {"max_pass_pixels": max_pixels}
-        assert exact(model, list(x.split(split)), **kwargs) == 8
+        assert recalibrate_bn(model, list(x.split(split)), **kwargs) == 8
         results.append(model)
     ref = bn_modules(results[0])
     for model in results[1:]:
@@ -358,7 +358,8 @@ def test_eval_recalibration_does_not_depend_on_batching():
 def test_recalibration_rejects_bad_input():
     sn = supernet_of("quickstart")
     arch = sn.space.smallest()
-    assert recalibrate_bn(sn, images(seed=1, sizes=(2,), side=64), arch=arch) == 2
+    sn.set_active(arch)
+    assert recalibrate_bn(sn, images(seed=1, sizes=(2,), side=64)) == 2
     with pytest.raises(TypeError):
         recalibrate_bn(sn, [torch.zeros(2, 3, 64, 64, dtype=torch.uint8)])
     with pytest.raises(ValueError):

@@ -118,7 +118,7 @@ class TrainCollate:
     every rank resizes a step's batch to the same size and none waits on a larger one.
     """
 
-    def __init__(self, sizes: Sequence[int], *, seed: int, epoch: int, interp: str = "image"):
+    def __init__(self, sizes: Sequence[int], *, seed: int, epoch: int, interp: str = "batch"):
         self.resize = BatchRandomResize(sizes, interp)
         self.seed = seed
         self.epoch = epoch
@@ -146,7 +146,7 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = True,
-    interp: str = "image",
+    interp: str = "batch",
 ) -> DetectionLoader:
     """Batches of one epoch for one rank: (images float32 [B,3,S,S], [{boxes, labels}, ...]).
 

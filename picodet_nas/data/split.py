@@ -59,6 +59,12 @@ def held_out_indices(num_images: int, fraction: float, seed: int) -> list[int]:
     return sorted(int(i) for i in chosen)
 
 
+def remaining_indices(num_images: int, held: Sequence[int]) -> list[int]:
+    """The indices of 0..num_images-1 not in `held`, in order."""
+    held_set = set(held)
+    return [i for i in range(num_images) if i not in held_set]
+
+
 @dataclass(frozen=True)
 class SearchSplit:
     """Where a supernet's training and held-out images are, and which they are."""
@@ -89,8 +95,7 @@ def make_search_split(train_set: CocoDetection, fraction: float, seed: int, out_
         held = held_out_indices(len(train_set), fraction, seed)
     except DataError as e:
         raise DataError(f"{train_set.ann_file}: {e}") from None
-    held_set = set(held)
-    rest = [i for i in range(len(train_set)) if i not in held_set]
+    rest = remaining_indices(len(train_set), held)
     train_ann, held_ann = out_dir / TRAIN_FILE, out_dir / HELD_OUT_FILE
     atomic_write_text(train_ann, json.dumps(subset_doc(train_set, rest, True, " (supernet training)")))
     atomic_write_text(held_ann, json.dumps(subset_doc(train_set, held, True, " (held out for the search)")))
@@ -109,5 +114,4 @@ def split_by_ids(train_set: CocoDetection, held_out_ids: Sequence[int], source: 
                         f"recorded in {source} (e.g. image id {missing[0]}); give the data the supernet was "
                         "trained on")
     held = sorted(index_of[i] for i in held_out_ids)
-    held_set = set(held)
-    return [i for i in range(len(train_set)) if i not in held_set], held
+    return remaining_indices(len(train_set), held), held

@@ -267,7 +267,7 @@ class BatchRandomResize:
     alike and clipped to the new image.
     """
 
-    def __init__(self, sizes: Sequence[int], interp: str = "image"):
+    def __init__(self, sizes: Sequence[int], interp: str = "batch"):
         if not sizes:
             raise ValueError("BatchRandomResize needs at least one size")
         if interp not in INTERPOLATION_MODES:

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping
 
 from ..arch import Arch
 from ..data.transforms import INTERPOLATION_MODES
+from .bn_calibration import DEFAULT_CALIB_IMAGES
 from ..errors import UserError
 from ..utils.io import read_config_yaml
 
@@ -94,7 +95,7 @@ class TrainConfig:
     ema_warmup: int = 10
     ema_cycle_epochs: int = 40
     distill: float = 0.0  # supernet sandwich steps: weight of in-place distillation from the largest subnet
-    calib_images: int = 256  # training images for the exact BN statistics of the evaluated weights; 0: none
+    calib_images: int = DEFAULT_CALIB_IMAGES  # training images for the exact BN statistics of the evaluated weights; 0: none
     ema_buffers: bool = True  # average the BN running statistics with the weights (False: take the model's)
     train_interp: str = "batch"  # interpolation filter: "batch" (one per batch), "image" (per image) or a name
     eval_interval: int = 10
