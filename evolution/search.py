@@ -490,7 +490,7 @@ class _Search:
                       ", ".join(f"{n} {o}" for o, n in proposal.counts().items()), len(todo))
         bar = tqdm(total=len(proposal), initial=len(proposal) - len(todo), desc=f"generation {g + 1}/"
                    f"{self.cfg.generations}", unit="cand", file=sys.stderr, dynamic_ncols=True, leave=True,
-                   disable=not self.progress)
+                   disable=None if self.progress else True)  # None: quiet when stderr is not a terminal
         with bar:
             self._score(todo, role=CANDIDATE, generation=g, bar=bar)
             best = best_of(self.history.candidates(before=g + 1))

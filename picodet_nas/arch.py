@@ -226,6 +226,16 @@ def resolve_arch(spec: "str | Path | Arch", input_size: int | None = None) -> Ar
     return arch
 
 
+def is_architecture(spec: str) -> bool:
+    """Whether a command-line MODEL names an architecture rather than a checkpoint: a preset, a
+    YAML file, or a name that is no file and has no checkpoint suffix (a mistyped preset then
+    gets `resolve_arch`'s error)."""
+    p = Path(spec)
+    if spec in PRESETS or p.suffix.lower() in (".yaml", ".yml"):
+        return True
+    return not p.is_file() and p.suffix.lower() not in (".pt", ".pth")
+
+
 def save_arch(arch: Arch, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
     """Write `{arch: ..., **extra}` as YAML, atomically."""
     from .utils.io import atomic_write_text

@@ -93,6 +93,61 @@ def test_predict_draws_images_and_writes_json(work, trained):
     assert not (work / "pred2").exists()
 
 
+def test_a_model_file_is_all_eval_predict_export_and_summary_need(work, trained):
+    model = str(trained / "model.pt")
+    meta = torch.load(model, map_location="cpu", weights_only=True)["meta"]
+    assert meta["input_size"] == 64 and meta["preprocessing"]["channel_order"] == "RGB"
+    assert meta["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and meta["postprocess"]["iou_thr"] == 0.6
+    assert meta["recipe"]["batch_size"] == 2 and meta["version"]
+    r = nas("eval", model, "--data", "data", "--out", "ev-short", "--workers", "0", cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_json(work / "ev-short" / "metrics.json")["coco"] == load_json(trained / "metrics.json")["coco"]
+    folder = work / "to-predict"
+    folder.mkdir()
+    for image in sorted((work / "data" / "images").glob("val_*.jpg"))[:2]:
+        shutil.copy(image, folder)
+    r = nas("predict", model, str(folder), "--out", "pred-short", "--score-thr", "0.0", cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(load_json(work / "pred-short" / "detections.json")["images"]) == 2
+    r = nas("export", model, "--out", "short.onnx", cwd=work)
+    assert r.returncode == 0 and (work / "short.onnx").is_file(), r.stderr[-3000:]
+    r = nas("summary", model, "--json", cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout)
+    assert info["params"] == load_json(trained / "metrics.json")["params"] and info["input_size"] == 64
+
+
+def test_the_input_size_comes_from_the_checkpoint(work, trained, tmp_path):
+    """A model trained at one size is evaluated at that size, whatever the ARCH given says, unless
+    --input-size says otherwise."""
+    ckpt = torch.load(trained / "model.pt", map_location="cpu", weights_only=True)
+    ckpt["meta"]["arch"]["input_size"] = ckpt["meta"]["input_size"] = 96  # as if trained at 96
+    torch.save(ckpt, tmp_path / "at96.pt")
+    cases = ((["--weights", str(tmp_path / "at96.pt")], 96), ([], 96), (["--input-size", "128"], 128))
+    for i, (args, size) in enumerate(cases):
+        first = "tiny.yaml" if args[:1] == ["--weights"] else str(tmp_path / "at96.pt")
+        out = tmp_path / f"ev-{i}"
+        r = nas("eval", first, *args, "--data", "data", "--out", str(out), "--workers", "0", cwd=work)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert load_json(out / "metrics.json")["input_size"] == size
+
+
+def test_a_mismatching_or_missing_architecture_is_refused_in_one_line(work, trained, tmp_path):
+    model = str(trained / "model.pt")
+    line = one_line_error(nas("eval", "picodet-s", "--weights", model, "--data", "data", cwd=work))
+    assert f"{model} holds another architecture than picodet-s" in line and "neck_channels 16 vs 96" in line
+    line = one_line_error(nas("predict", "tiny.yaml", "some.jpg", cwd=work))
+    assert "tiny.yaml is an architecture; give the checkpoint" in line
+    ckpt = torch.load(model, map_location="cpu", weights_only=True)
+    del ckpt["meta"]["arch"]  # as written before checkpoints recorded it
+    torch.save(ckpt, tmp_path / "old.pt")
+    line = one_line_error(nas("eval", str(tmp_path / "old.pt"), "--data", "data", cwd=work))
+    assert "records no architecture" in line and "ARCH --weights" in line
+    r = nas("eval", "tiny.yaml", "--weights", str(tmp_path / "old.pt"), "--data", "data", "--out", str(tmp_path / "ev"),
+            "--workers", "0", cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_odd_but_valid_data_trains_and_evaluates(tmp_path):
     make_odd_dataset(tmp_path / "odd")
     dropped = add_bad_boxes(tmp_path / "odd")

@@ -2,8 +2,10 @@
 
 import copy
 import random
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -13,7 +15,10 @@ from picodet_nas.export import DeployModel, DetectModel, export_onnx
 from picodet_nas.models import build_model
 from picodet_nas.postprocess import EVAL_NMS
 
+from engine_helpers import one_line_error
 from helpers import make_realistic, random_arch, structured_images
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _session(path):
@@ -115,3 +120,68 @@ def test_export_leaves_model_in_eval_mode(tmp_path):
     model = build_model(PRESETS["picodet-s"]).eval()
     export_onnx(model, tmp_path / "m.onnx", input_size=96)
     assert not any(m.training for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- deployable ONNX
+
+
+def _matched(expected: list[dict], got: list[dict]) -> bool:
+    """Every detection of `expected` has one in `got` of the same class, box within 0.5 px and
+    score within 1e-4 (and no detection is left over)."""
+    left = list(got)
+    for e in expected:
+        for g in left:
+            if g["label"] == e["label"] and abs(g["score"] - e["score"]) <= 1e-4 and \
+                    max(abs(a - b) for a, b in zip(g["bbox"], e["bbox"])) <= 0.5:
+                left.remove(g)
+                break
+        else:
+            return False
+    return not left
+
+
+def test_onnx_example_reads_the_metadata_and_matches_nas_predict(tmp_path):
+    """examples/onnx_predict.py (numpy, Pillow, onnxruntime) on 5 images gives nas predict's detections,
+    with the boxes mapped back by the example, and with --original-size in the graph (non-square images)."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from engine_helpers import TINY_ARCH, TINY_TRAIN, nas, shapes, write
+
+    shapes(tmp_path / "data")
+    write(tmp_path / "tiny.yaml", TINY_ARCH)
+    r = nas("retrain", "tiny.yaml", "--data", "data", *TINY_TRAIN, "--out", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    model = tmp_path / "run" / "model.pt"
+    square = sorted((tmp_path / "data" / "images").glob("val_*.jpg"))[:5]
+    wide = []
+    for i, p in enumerate(square):  # non-square copies: 96 x 64 and 64 x 96
+        with Image.open(p) as img:
+            crop = img.crop((0, 0, 96, 64) if i % 2 else (0, 0, 64, 96))
+        wide.append(tmp_path / f"crop_{i}.png")
+        crop.save(wide[-1])
+    cases = {"mapped": ([], square), "original": (["--original-size"], wide)}
+    meta = torch.load(model, map_location="cpu", weights_only=True)["meta"]
+    for name, (flags, images) in cases.items():
+        r = nas("export", str(model), *flags, "--out", f"{name}.onnx", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = nas("predict", str(model), *map(str, images), "--score-thr", "0.025", "--out", f"pred-{name}", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        expected = json.loads((tmp_path / f"pred-{name}" / "detections.json").read_text())["images"]
+        out = subprocess.run([sys.executable, str(REPO / "examples" / "onnx_predict.py"), f"{name}.onnx",
+                              *map(str, images), "--score-thr", "0.025"], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        got = json.loads(out.stdout)["images"]
+        assert sum(len(e["detections"]) for e in expected) > 0
+        for e, g in zip(expected, got, strict=True):
+            assert _matched(e["detections"], g["detections"]), (name, e["image"])
+            assert all(d["class_name"] == meta["class_names"][d["label"]] for d in g["detections"])
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "original.onnx")).metadata_props}
+    assert props["input_size"] == 64 and props["category_ids"] == meta["label_to_cat_id"]
+    assert props["preprocessing"]["std"] == [0.229, 0.224, 0.225] and props["iou_thr"] == 0.6
+    assert "original image" in props["box_pixels"]
+    assert one_line_error(nas("export", str(model), "--original-size", "--no-postprocess", "--out", "x.onnx",
+                              cwd=tmp_path)).endswith("--original-size needs the post-processing (drop --no-postprocess)")

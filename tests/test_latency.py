@@ -386,3 +386,14 @@ def test_import_of_results_builds_the_table(tiny_space, tmp_path):
     (folder / "RESULTS.json").write_text(json.dumps(results))
     with pytest.raises(LatencyTableError, match="no timing"):
         import_results(folder / "RESULTS.json")
+
+
+def test_profile_progress_is_one_line_per_stage_when_stderr_is_no_terminal(capsys):
+    """`nas profile-device > log 2>&1` gets one line per finished stage, not hundreds of bar frames."""
+    from picodet_nas.cli.cmd_profile_device import _ProgressBars
+
+    bars = _ProgressBars()  # pytest's captured stderr is no terminal
+    for stage, total in (("export", 3), ("time parts", 2)):
+        for done in range(total + 1):
+            bars(stage, done, total)
+    assert capsys.readouterr().err.splitlines() == ["export: 3/3 done", "time parts: 2/2 done"]

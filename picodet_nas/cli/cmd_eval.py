@@ -1,4 +1,4 @@
-"""nas eval ARCH --weights CKPT --data DIR [--input-size N] [--out DIR]"""
+"""nas eval CKPT --data DIR [--input-size N] [--out DIR]   (or ARCH --weights CKPT)"""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ def register(sub) -> None:
         "training, and write metrics.json (coco: the twelve COCO bbox numbers; params; flops) into the run "
         "directory runs/eval/<name>.",
     )
-    p.add_argument("arch", help="the checkpoint's architecture: a preset or an architecture YAML")
-    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint to evaluate")
+    p.add_argument("model", metavar="CKPT", help="checkpoint to evaluate (model.pt, best.pt, last.pt): it records "
+                   "its architecture, classes and input size")
+    p.add_argument("--weights", metavar="CKPT", help="the older form: MODEL is then the architecture (a preset or "
+                   "a YAML), checked against the checkpoint")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="COCO-format dataset (COCO 2017 or simple layout); its validation split is used")
-    p.add_argument("--input-size", type=int, help="evaluate at this input size (default: the architecture's)")
+    p.add_argument("--input-size", type=int, help="evaluate at this input size (default: the one it was trained at)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8, as in training)")
     p.add_argument("--workers", type=int,
                    help="data-loading worker processes (default: none on a CPU, min(4, cores) on a GPU)")
@@ -30,8 +32,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.retrain import evaluate_checkpoint
+    from ..engine.trained import model_and_weights
 
-    metrics = evaluate_checkpoint(args.arch, args.weights, args.data, out=args.out, name=args.name,
+    arch, weights = model_and_weights(args.model, args.weights, "eval")
+    metrics = evaluate_checkpoint(arch, weights, args.data, out=args.out, name=args.name,
                                   input_size=args.input_size, batch_size=args.batch_size, workers=args.workers,
                                   device=args.device)
     coco = metrics["coco"]

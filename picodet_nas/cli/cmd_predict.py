@@ -1,4 +1,4 @@
-"""nas predict ARCH --weights CKPT IMAGE... [--out DIR] [--score-thr 0.4]"""
+"""nas predict CKPT IMAGE|FOLDER... [--out DIR] [--score-thr 0.4]   (or ARCH --weights CKPT)"""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ def register(sub) -> None:
         "for each, a PNG with the boxes, class names and scores drawn, and detections.json (boxes xyxy in "
         "original-image pixels, scores, labels, category ids, class names).",
     )
-    p.add_argument("arch", help="the checkpoint's architecture: a preset or an architecture YAML")
+    p.add_argument("model", metavar="CKPT", help="checkpoint (model.pt of a retrain): it records its architecture, "
+                   "classes and input size")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint (model.pt of a retrain)")
+    p.add_argument("--weights", metavar="CKPT", help="the older form: MODEL is then the architecture (a preset or "
+                   "a YAML), checked against the checkpoint")
     p.add_argument("--score-thr", type=float, default=0.4,
                    help="draw and list detections scoring at least this (default: 0.4, the deploy demo's)")
-    p.add_argument("--input-size", type=int, help="network input size (default: the architecture's)")
+    p.add_argument("--input-size", type=int, help="network input size (default: the one it was trained at)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/predict/<name>)")
     p.add_argument("--name", help="run name under runs/predict (default: a timestamp)")
@@ -29,23 +31,24 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import resolve_device
     from ..engine.predict import DETECTIONS_FILE, collect_images, predict_images
-    from ..engine.retrain import load_trained_model
+    from ..engine.trained import load_trained_model, model_and_weights
     from ..engine.session import write_run_config
     from ..errors import UserError
     from ..utils.rundir import default_run_name, prepare_run_dir
 
     if not 0 <= args.score_thr <= 1:
         raise UserError(f"--score-thr must be in [0, 1], got {args.score_thr}")
+    arch, weights = model_and_weights(args.model, args.weights, "predict")
     images = collect_images(args.images)
-    model, meta, _ = load_trained_model(args.arch, args.weights, args.input_size)
+    model, meta, _ = load_trained_model(arch, weights, args.input_size)
     run = prepare_run_dir("predict", out=args.out, name=args.name, default_name=default_run_name("predict"))
-    write_run_config(run.path, {"command": "predict", "arch": model.arch.to_dict(), "weights": args.weights,
+    write_run_config(run.path, {"command": "predict", "arch": model.arch.to_dict(), "weights": weights,
                                 "images": [str(p) for p in images], "score_thr": args.score_thr})
     records = predict_images(model, meta, images, run.path, score_thr=args.score_thr,
                              device=resolve_device(args.device))
     total = sum(len(r["detections"]) for r in records)
     with open(run.path / "predict.log", "a", encoding="utf-8") as log:
-        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {args.weights}: {total} detections in {len(records)} "
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {weights}: {total} detections in {len(records)} "
                   f"image(s) at score >= {args.score_thr}\n")
     print(f"{total} detections in {len(records)} image(s); wrote {run.path} ({DETECTIONS_FILE} and the drawn images)")
     return 0

@@ -63,14 +63,22 @@ def register(sub) -> None:
 
 
 class _ProgressBars:
-    """One tqdm bar per stage (export, timing parts, timing whole networks) on stderr."""
+    """One tqdm bar per stage (export, timing parts, timing whole networks) on stderr; when stderr
+    is not a terminal (a log file), one line per finished stage instead of the bar's frames."""
 
     def __init__(self) -> None:
         self.bar = None
         self.stage = None
+        self.terminal = sys.stderr.isatty()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         from tqdm import tqdm
+
+        if not self.terminal:
+            if done >= total and stage != self.stage:
+                print(f"{stage}: {total}/{total} done", file=sys.stderr, flush=True)
+                self.stage = stage
+            return
 
         if stage != self.stage or self.bar is None:
             self.close()

@@ -1,9 +1,11 @@
-"""nas summary ARCH [--input-size N] [--json] [--latency-table TABLE]"""
+"""nas summary ARCH|CKPT [--input-size N] [--json] [--latency-table TABLE]"""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from ..arch import is_architecture
 
 
 def register(sub) -> None:
@@ -13,9 +15,10 @@ def register(sub) -> None:
         description="Print params (BN running statistics excluded), FLOPs (2 x multiply-adds, the "
         "published convention, counted with thop), the backbone/neck/head breakdown and output shapes.",
     )
-    p.add_argument("arch", help="a preset (picodet-s, picodet-m, picodet-l) or an architecture YAML (e.g. best.yaml)")
+    p.add_argument("arch", metavar="ARCH|CKPT", help="a preset (picodet-s, picodet-m, picodet-l), an architecture YAML "
+                   "(e.g. best.yaml) or a checkpoint (its recorded architecture and classes)")
     p.add_argument("--input-size", type=int, help="override the architecture's input size (a multiple of 32)")
-    p.add_argument("--num-classes", type=int, default=80, help="number of object classes (default: 80, COCO)")
+    p.add_argument("--num-classes", type=int, help="number of object classes (default: the checkpoint's, else 80)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--latency-table", metavar="TABLE",
                    help="a latency table (nas profile-device) to add predicted_latency_ms; the architecture must "
@@ -27,7 +30,20 @@ def run(args: argparse.Namespace) -> int:
     from ..arch import resolve_arch
     from ..summary import format_summary, summarize
 
-    arch = resolve_arch(args.arch, args.input_size)
+    if is_architecture(args.arch):
+        arch, num_classes = resolve_arch(args.arch, args.input_size), args.num_classes or 80
+    else:
+        from ..checkpoint import load_checkpoint
+        from ..engine.trained import checkpoint_arch
+
+        from ..errors import CheckpointError
+
+        meta = load_checkpoint(args.arch)["meta"]
+        if meta.get("kind") == "supernet":
+            raise CheckpointError(f"{args.arch}: a supernet checkpoint; summarise one of its architectures (a YAML)")
+        arch, num_classes = checkpoint_arch(meta, args.arch, None, args.input_size), args.num_classes or \
+            meta.get("num_classes", 80)
+    args.num_classes = num_classes
     latency = None
     if args.latency_table:  # before the FLOP count, so that a wrong table fails fast
         from ..latency import LatencyPredictor

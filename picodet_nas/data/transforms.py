@@ -25,6 +25,16 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The evaluation preprocessing in words and numbers, as checkpoints and ONNX files record it
+# (`eval_resize`, then `normalize`).
+EVAL_PREPROCESSING = {
+    "resize": "straight to input_size x input_size (aspect ratio not kept), bicubic",
+    "channel_order": "RGB",
+    "layout": "NCHW",
+    "scale": 1 / 255,
+    "mean": list(IMAGENET_MEAN),
+    "std": list(IMAGENET_STD),
+}
 CROP_THRESHOLDS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
 # Pillow's counterparts of OpenCV's {nearest, linear, area, cubic, lanczos4}; BOX plays INTER_AREA.
 TRAIN_INTERPOLATIONS = (

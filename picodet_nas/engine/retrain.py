@@ -28,9 +28,9 @@ import torch
 from ..arch import Arch, load_arch_file, resolve_arch
 from ..checkpoint import apply_state, load_checkpoint, save_checkpoint
 from ..data import CocoDetection, resolve_data
-from ..errors import CheckpointError, DataError, LatencyTableError, UserError
+from ..errors import DataError, LatencyTableError, UserError
 from ..evaluation import STAT_KEYS
-from ..models import PicoDet, build_model
+from ..models import build_model
 from ..utils.io import atomic_write_json
 from ..utils.rundir import default_run_name, prepare_run_dir
 from .config import TrainConfig, data_workers
@@ -38,6 +38,7 @@ from .bn_calibration import BNCalibration
 from .distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from .evaluate import EVAL_BATCH_SIZE, evaluate_coco
 from .plan import StaticPlan
+from .trained import load_trained_model, model_meta
 from .session import (close_logging, load_resume_checkpoint, load_split, load_train_val, open_run,
                       resumed_config, setup_logging, write_run_config)
 from .state import seed_everything
@@ -64,12 +65,6 @@ class CocoEvaluator:
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         return evaluate_coco(model, self.dataset, self.input_size, device=self.device, batch_size=self.batch_size,
                              workers=self.workers, amp_dtype=self.amp_dtype, progress=True)
-
-
-def model_meta(arch: Arch, dataset: CocoDetection) -> dict[str, Any]:
-    """What a checkpoint needs so that a model can be used without the training data."""
-    return {"kind": "picodet", "arch": arch.to_dict(), "num_classes": dataset.num_classes,
-            "class_names": list(dataset.class_names), "label_to_cat_id": list(dataset.label_to_cat_id)}
 
 
 @dataclass(frozen=True)
@@ -238,7 +233,7 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
     log = setup_logging(run.path, dist_info)
     log.info(("resuming" if ckpt else "run directory") + f" {run.path}")
 
-    meta = model_meta(arch, train_set)
+    meta = model_meta(arch, train_set, recipe=cfg.to_dict())
     sweep_summary = _previous_sweep(run.path) if ckpt is not None else None
     if sweep is not None and ckpt is None:
         from .sweep import run_sweep
@@ -266,10 +261,10 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
     calibrate = None
     if cfg.calib_images:
         calibration = BNCalibration(train_set, cfg.calib_images, seed=cfg.seed, device=dist_info.device,
-                                    workers=cfg.data_workers(dist_info.device))
+                                    workers=cfg.data_workers(dist_info.device), interp=cfg.train_interp)
         calibrate = functools.partial(calibration, size=arch.input_size)
         log.info(f"BN statistics of the evaluated weights: exact, on {min(cfg.calib_images, len(train_set))} "
-                 "training images")
+                 "augmented training images")
     trainer = Trainer(model, StaticPlan(arch.input_size), cfg, train_set, run.path, dist_info, meta=meta,
                       evaluator=evaluator, best_metric="mAP", calibrate=calibrate, logger=log)
     if ckpt is not None:
@@ -313,7 +308,7 @@ def finalize(run_dir: Path, arch: Arch, meta: Mapping[str, Any], weights: Mappin
     save_checkpoint(run_dir / MODEL_FILE, weights, meta, epoch=epochs, metrics=dict(coco))
     model = build_model(arch, meta["num_classes"])
     apply_state(model, weights, run_dir / MODEL_FILE)
-    export_onnx(model, run_dir / ONNX_FILE, input_size=arch.input_size, postprocess=True)
+    export_onnx(model, run_dir / ONNX_FILE, input_size=arch.input_size, postprocess=True, meta=meta)
     info = summarize(arch, num_classes=meta["num_classes"], model=model)
     metrics: dict[str, Any] = {"coco": dict(coco), "params": info["params"], "flops": info["flops"],
                                "epochs": epochs, "wall_time_s": round(wall_time_s, 3),
@@ -336,23 +331,6 @@ def finalize(run_dir: Path, arch: Arch, meta: Mapping[str, Any], weights: Mappin
 
 
 # ---- nas eval ------------------------------------------------------------------------------
-def load_trained_model(arch_spec: str | Path | Arch, weights: str | Path, input_size: int | None = None
-                       ) -> tuple[PicoDet, dict[str, Any], dict[str, Any]]:
-    """`build_model(arch)` with a checkpoint's weights (the EMA weights of a training checkpoint),
-    in eval mode; with the checkpoint's meta and the whole checkpoint."""
-    arch = resolve_arch(arch_spec, input_size)
-    ckpt = load_checkpoint(weights)
-    meta = ckpt["meta"]
-    if meta.get("kind") == "supernet":
-        raise CheckpointError(f"{weights}: a supernet checkpoint; retrain a subnet with `nas retrain` first")
-    num_classes = meta.get("num_classes")
-    if not isinstance(num_classes, int):
-        raise CheckpointError(f"{weights}: checkpoint meta lacks num_classes")
-    model = build_model(arch, num_classes)
-    apply_state(model, ckpt.get("ema") or ckpt["model"], weights)
-    return model.eval(), meta, ckpt
-
-
 def label_mapping(meta: Mapping[str, Any], dataset: CocoDetection, weights: str | Path) -> Sequence[int]:
     """The model's labels as the dataset's category ids: from the checkpoint, checked against the data."""
     mapping = meta.get("label_to_cat_id")
@@ -367,12 +345,13 @@ def label_mapping(meta: Mapping[str, Any], dataset: CocoDetection, weights: str 
     return mapping
 
 
-def evaluate_checkpoint(arch_spec: str | Path | Arch, weights: str | Path, data: str | Path, *,
+def evaluate_checkpoint(arch_spec: str | Path | Arch | None, weights: str | Path, data: str | Path, *,
                         out: str | None = None, name: str | None = None, input_size: int | None = None,
                         batch_size: int = EVAL_BATCH_SIZE, workers: int | None = None, device: str = "auto"
                         ) -> dict[str, Any]:
     """COCO numbers of a checkpoint on the validation split; writes `metrics.json` in the run dir
-    (the same numbers a retrain of these weights reported, with the same batch size)."""
+    (the same numbers a retrain of these weights reported, with the same batch size). arch_spec
+    None: the architecture the checkpoint records, at the input size it was trained at."""
     dev = torch.device(resolve_device(device))
     model, meta, ckpt = load_trained_model(arch_spec, weights, input_size)
     paths = resolve_data(data)

@@ -36,6 +36,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic(path, lambda p: p.write_text(text))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(path, lambda p: p.write_bytes(data))
+
+
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
