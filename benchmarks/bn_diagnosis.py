@@ -9,7 +9,8 @@ of scoring the same trained weights, all on the same images with the same evalua
 * `recal-train`: the statistics recomputed on training images with BN in training mode, in
   batches of 16 (the supernet scoring before this benchmark);
 * `recal-eval`: the statistics recomputed exactly as eval mode uses them, BN by BN in forward
-  order (`picodet_nas.bn_stats.recalibrate_bn`);
+  order (`picodet_nas.bn_stats.recalibrate_bn`), on whole training images preprocessed for
+  evaluation (the default now uses augmented training crops: benchmarks/bn_treatments.py);
 * `batch-stats`: every BN normalises with the statistics of each evaluation batch of 8.
 
 The data is a shapes set generated with another seed than every set the README reports on
@@ -72,7 +73,7 @@ def score(run_dir: Path, data: Path, input_size: int, calib_images: int) -> dict
     paths = resolve_data(data)
     val = CocoDetection(paths.val_ann, paths.val_images)
     train_set = CocoDetection(paths.train_ann, paths.train_images)
-    calib = CalibCache(train_set, input_size, num_images=calib_images)
+    calib = CalibCache(train_set, input_size, num_images=calib_images, augment=False)
     reference, _, _ = load_trained_model("picodet-s", run_dir / "model.pt", input_size)
     out = {}
     for name in SCORINGS:

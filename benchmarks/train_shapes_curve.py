@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.50, help="mAP@[.5:.95] to reach (default: 0.50)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra", default="", help="more `nas retrain` flags, in one string (e.g. '--calib-images 0')")
+    ap.add_argument("--run-dir", type=Path, help="continue this earlier run of the benchmark (from its last.pt) "
+                    "instead of starting a new one")
     ap.add_argument("--out", help="write the result JSON here")
     add_bn_freeze_flags(ap, freeze_epochs=0, grad_clip=5.0)
     args = ap.parse_args()
@@ -65,12 +67,13 @@ def main() -> None:
         print(f"probe: {img_s:.1f} img/s -> {epochs} epochs of {train_images} images in {args.budget_min:g} min")
     else:
         epochs = args.epochs
-    run_dir = BENCH_ROOT / f"shapes-curve-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = args.run_dir or BENCH_ROOT / f"shapes-curve-{time.strftime('%Y%m%d-%H%M%S')}"
+    resume = ["--resume", str(run_dir)] if (run_dir / "last.pt").is_file() else []
     total_s = run_retrain(args.arch, data, run_dir, input_size=args.input_size, epochs=epochs,
                           batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup_iters, seed=args.seed,
                           threads=args.threads, workers=args.workers,
                           bn_freeze_epochs=args.bn_freeze_epochs, grad_clip=args.grad_clip,
-                          extra=args.extra.split())
+                          extra=args.extra.split() + resume)
 
     curve = read_curve(run_dir)
     within = [p for p in curve if "mAP" in p and p["train_time_s"] <= budget_s]
@@ -90,7 +93,7 @@ def main() -> None:
         "threads": args.threads, "data": str(data), "train_images": train_images,
         "budget_s": budget_s, "target_mAP": args.target, "target_met": ok, "best_within_budget": best,
         "reached_target": reached, "curve": curve, "bn_fidelity": fidelity, "extra": args.extra,
-        "run_dir": str(run_dir), "total_time_s": round(total_s, 1)})
+        "run_dir": str(run_dir), "resumed": bool(resume), "total_time_s": round(total_s, 1)})
 
 
 if __name__ == "__main__":

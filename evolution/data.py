@@ -3,8 +3,9 @@
 The driver picks, once, the images of the supernet's search split (the training images that
 `nas train-supernet` held out and recorded in `supernet.pt`) to score on, and a
 seed-determined subset of the remaining training images for BN recalibration, and writes
-each as a small COCO file (`data/calib.json`, `data/val.json`: the held-out images, with
-their annotations) that points at the training image folder. The validation split is not
+each as a small COCO file with its annotations (`data/calib.json`: the calibration images
+are augmented as training augments them, and the crops follow the boxes; `data/val.json`: the
+held-out images) that points at the training image folder. The validation split is not
 read: it is kept for reporting retrained models. Workers load only these files:
 
 * no worker parses the full annotation files (COCO train2017's is 450 MB, per worker);
@@ -69,7 +70,7 @@ def prepare_subsets(paths: DataPaths, out_dir: str | Path, *, calib_images: int 
     if not val_idx:
         raise DataError(f"{paths.train_ann}: the search split is empty")
     calib_ann, val_ann = out_dir / "calib.json", out_dir / "val.json"
-    atomic_write_text(calib_ann, json.dumps(subset_doc(train, calib_idx, False, " (BN calibration)")))
+    atomic_write_text(calib_ann, json.dumps(subset_doc(train, calib_idx, True, " (BN calibration)")))
     atomic_write_text(val_ann, json.dumps(subset_doc(train, val_idx, True, " (search split, scored on)")))
     for ann in (calib_ann, val_ann):
         CocoDetection(ann, paths.train_images).check_images()  # fail here, in one line, not inside a worker

@@ -180,7 +180,8 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
                                     **sn_options, "train": cfg.to_dict()})
     sampler = SubnetSampler(space, sn_options["strategy"], seed=cfg.seed, num_random=sn_options["num_random"])
     calibration = BNCalibration(train_set, cfg.calib_images or DEFAULT_CALIB_IMAGES, seed=cfg.seed,
-                                device=dist_info.device, workers=cfg.data_workers(dist_info.device))
+                                device=dist_info.device, workers=cfg.data_workers(dist_info.device),
+                                interp=cfg.train_interp)
     evaluator = LandmarkEvaluator(space, calibration, search_set, device=dist_info.device,
                                   batch_size=cfg.eval_batch_size,
                                   workers=cfg.data_workers(dist_info.device),

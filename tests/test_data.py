@@ -493,6 +493,20 @@ def test_calib_cache_fixed_subset(shapes_train):
     assert [len(x) for x in batches] == [2, 2, 1] and batches[0].dtype == torch.float32
 
 
+def test_calib_cache_augments_like_training(shapes_train):
+    """The default calibration images are the first images of training epoch 0's batches of that
+    seed, at one size; augment=False gives whole images with the evaluation preprocessing."""
+    n = len(shapes_train)
+    assert len(CalibCache(shapes_train, 64, num_images=n + 3, seed=4)) == n  # at most every image once
+    cache = CalibCache(shapes_train, 64, num_images=n - 1, seed=4)
+    assert cache.images.shape == (n - 1, 3, 64, 64) and cache.images.dtype == torch.uint8
+    first = next(iter(build_train_loader(shapes_train, 8, [64], workers=0, seed=4, epoch=0, drop_last=False,
+                                         uint8=True)))[0]
+    assert torch.equal(cache.images[: len(first)], first)
+    plain = CalibCache(shapes_train, 64, num_images=n - 1, seed=4, augment=False)
+    assert plain.images.shape == (n - 1, 3, 64, 64) and not torch.equal(plain.images, cache.images)
+
+
 # ----------------------------------------------------------------------------- shapes generator
 
 

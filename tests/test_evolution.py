@@ -177,6 +177,10 @@ def test_the_best_candidates_are_rescored_on_the_whole_search_split(toy, tmp_pat
     val = json.loads((out / "data" / "val_rescore.json").read_text())
     held = torch.load(toy.supernet, weights_only=True)["meta"]["search_split"]["held_out_ids"]
     assert sorted(img["id"] for img in val["images"]) == sorted(held)
+    calib = json.loads((out / "data" / "calib.json").read_text())
+    calib_ids = {img["id"] for img in calib["images"]}
+    assert calib_ids.isdisjoint(held)  # calibration images come from the supernet's training part...
+    assert calib["annotations"] and {a["image_id"] for a in calib["annotations"]} <= calib_ids  # ...boxes kept for the crops
     assert "re-scored on 8 search-split images" in capsys.readouterr().out
 
 

@@ -118,10 +118,11 @@ class TrainCollate:
     every rank resizes a step's batch to the same size and none waits on a larger one.
     """
 
-    def __init__(self, sizes: Sequence[int], *, seed: int, epoch: int, interp: str = "batch"):
+    def __init__(self, sizes: Sequence[int], *, seed: int, epoch: int, interp: str = "batch", uint8: bool = False):
         self.resize = BatchRandomResize(sizes, interp)
         self.seed = seed
         self.epoch = epoch
+        self.uint8 = uint8
 
     def __call__(self, items: list[tuple[dict, int]]) -> tuple[torch.Tensor, list[dict]]:
         samples = [sample for sample, _ in items]
@@ -132,7 +133,7 @@ class TrainCollate:
             {"boxes": torch.from_numpy(b), "labels": torch.from_numpy(np.ascontiguousarray(s["labels"]))}
             for s, b in zip(samples, boxes)
         ]
-        return normalize(images), targets
+        return (images if self.uint8 else normalize(images)), targets
 
 
 def build_train_loader(
@@ -147,8 +148,10 @@ def build_train_loader(
     world_size: int = 1,
     drop_last: bool = True,
     interp: str = "batch",
+    uint8: bool = False,
 ) -> DetectionLoader:
-    """Batches of one epoch for one rank: (images float32 [B,3,S,S], [{boxes, labels}, ...]).
+    """Batches of one epoch for one rank: (images float32 [B,3,S,S], [{boxes, labels}, ...]);
+    with `uint8`, the images before normalisation.
 
     Boxes are xyxy in network-input pixels. Build a new loader each epoch; the same
     (seed, epoch, rank, world_size) always gives the same batches.
@@ -164,7 +167,7 @@ def build_train_loader(
     return DetectionLoader(
         AugmentedSamples(dataset, seed=seed, epoch=epoch),
         batch_sampler=sampler,
-        collate_fn=TrainCollate(sizes, seed=seed, epoch=epoch, interp=interp),
+        collate_fn=TrainCollate(sizes, seed=seed, epoch=epoch, interp=interp, uint8=uint8),
         num_workers=workers,
         generator=torch.Generator(),
     )
@@ -274,15 +277,31 @@ class EvalCache:
 
 
 class CalibCache:
-    """A fixed subset of training images for BN recalibration, decoded and resized once.
+    """A fixed set of training images for BN recalibration, decoded and preprocessed once, so
+    that every network recalibrated on it sees exactly the same pixels.
 
-    Eval-style preprocessing, no augmentation, so that every candidate subnet's
-    batch statistics are measured on exactly the same pixels.
+    augment=True (the default): the images as training sees them, with the training
+    augmentation (crop, flip, colour) and the training resize's filters, resized to `size`: the
+    first `num_images` images of training epoch 0's batches for `seed` (`build_train_loader`).
+    The weights were trained on such inputs; statistics of whole images preprocessed for
+    evaluation score lower (benchmarks/bn_treatments.py, README).
+    augment=False: whole images with the evaluation preprocessing, a seed-determined subset.
     """
 
-    def __init__(self, dataset: CocoDetection, size: int, *, num_images: int, seed: int = 0, workers: int = 0):
+    def __init__(self, dataset: CocoDetection, size: int, *, num_images: int, seed: int = 0, workers: int = 0,
+                 augment: bool = True, interp: str = "batch", batch_size: int = 8):
         self.size = size
-        self.images, _ = decode_resized(dataset, size, fixed_subset(len(dataset), num_images, seed), workers)
+        if not augment:
+            self.images, _ = decode_resized(dataset, size, fixed_subset(len(dataset), num_images, seed), workers)
+            return
+        chunks, seen = [], 0
+        for images, _ in build_train_loader(dataset, min(batch_size, len(dataset)), (size,), workers=workers,
+                                            seed=seed, epoch=0, drop_last=False, interp=interp, uint8=True):
+            chunks.append(images[: num_images - seen])
+            seen += len(chunks[-1])
+            if seen >= num_images:
+                break
+        self.images = torch.cat(chunks)
 
     def __len__(self) -> int:
         return len(self.images)
