@@ -1,0 +1,150 @@
+"""Does the supernet rank the ground truth's architectures as training them alone does?
+
+Reads a `benchmarks/ground_truth.py` result (architectures fixed before any supernet was trained,
+each trained alone with several seeds and scored on a search split), trains one supernet per
+sampling recipe and per training budget on the same training images (the same data, search
+fraction and seed, so it holds out the same images), and scores every architecture inside it
+with `nas evolve`'s scorer (`evolution.scoring.CandidateScorer`, on the same calibration and
+held-out images). Reported per recipe and budget, and for the free proxies (params, FLOPs):
+
+* Kendall's tau against the ground truth's mean mAP, and its share of the seed-to-seed tau;
+* within-level pairwise accuracy: the share of same-level pairs whose ground-truth means differ
+  by more than both seed spreads that the scorer orders the same way.
+
+Supernets are real `nas train-supernet` runs kept under the run folder (an interrupted
+benchmark resumes); the JSON is rewritten after every supernet.
+
+    python benchmarks/ranking_vs_ground_truth.py --ground-truth benchmarks/results/ground_truth.json \\
+        --strategies uniform sandwich --epochs 10 20 40 --out benchmarks/results/ranking_vs_ground_truth.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from train_common import BENCH_ROOT, write_result
+
+from evolution.data import prepare_subsets
+from evolution.scoring import CandidateScorer
+from picodet_nas.checkpoint import load_model_weights
+from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE
+from picodet_nas.data import resolve_data
+from picodet_nas.latency.metrics import kendall_tau
+from picodet_nas.space import load_space
+
+STRATEGY_FLAGS = {"uniform": ["--strategy", "uniform"], "sandwich": ["--strategy", "sandwich"],
+                  "sandwich-kd": ["--strategy", "sandwich", "--distill", "0.5"]}
+
+
+def pairwise_accuracy(scores: dict[int, float], pairs: list[list[int]], truth: dict[int, float]) -> float | None:
+    """Share of `pairs` (i, j) that `scores` order as `truth` does (a tie counts as half)."""
+    if not pairs:
+        return None
+    right = 0.0
+    for i, j in pairs:
+        s, t = scores[i] - scores[j], truth[i] - truth[j]
+        right += 0.5 if s == 0 else float((s > 0) == (t > 0))
+    return right / len(pairs)
+
+
+def judge(scores: dict[int, float], truth: dict[int, float], pairs: list[list[int]], ceiling: float | None) -> dict:
+    keys = sorted(truth)
+    tau = kendall_tau([scores[k] for k in keys], [truth[k] for k in keys])
+    tau = None if math.isnan(tau) else tau
+    return {"kendall_tau": tau, "share_of_seed_tau": tau / ceiling if tau is not None and ceiling else None,
+            "pairwise_accuracy": pairwise_accuracy(scores, pairs, truth)}
+
+
+def main() -> None:
+    qs = yaml.safe_load(CONFIG_FILE.read_text())
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ground-truth", type=Path, required=True, help="a benchmarks/ground_truth.py result JSON")
+    ap.add_argument("--strategies", nargs="+", default=["uniform", "sandwich"], choices=list(STRATEGY_FLAGS))
+    ap.add_argument("--epochs", type=int, nargs="+", default=[qs["supernet"]["epochs"]],
+                    help="supernet training budgets (epochs of the supernet's training images)")
+    ap.add_argument("--num-random", type=int, default=qs["supernet"].get("num_random", 2))
+    ap.add_argument("--lr", type=float, default=qs["supernet"]["lr"])
+    ap.add_argument("--warmup-iters", type=int, default=qs["supernet"]["warmup_iters"])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--run-dir", type=Path)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    started = time.perf_counter()
+    gt = json.loads(args.ground_truth.read_text())
+    rows = [r for r in gt["archs"] if "mean" in r]
+    if len(rows) < len(gt["archs"]):
+        sys.exit(f"{args.ground_truth}: {len(gt['archs']) - len(rows)} architectures lack a complete ground truth")
+    summary = gt["summary"]
+    truth = {r["index"]: r["mean"] for r in rows}
+    pairs, ceiling = summary["separable_same_level_pairs"], summary["seed_to_seed_kendall_tau"]
+    # the supernet's seed is the ground truth's split seed: it then holds out the same images
+    data, seed, batch = Path(gt["data"]), int(gt["data_seed"]), int(gt["recipe"]["batch_size"])
+    space = load_space(gt["space"])
+    run_dir = args.run_dir or BENCH_ROOT / f"ranking-vs-gt-{Path(gt['run_dir']).name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = resolve_data(data)
+    nas = [sys.executable, "-m", "picodet_nas.cli.main"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+
+    result = {"benchmark": "ranking_vs_ground_truth", "command": " ".join(sys.argv),
+              "ground_truth": str(args.ground_truth), "space": gt["space"], "data": str(data),
+              "seed_to_seed_kendall_tau": ceiling, "separable_pairs": len(pairs), "supernets": [], "proxies": {},
+              "run_dir": str(run_dir)}
+    subsets = None
+    for epochs in args.epochs:
+        for strategy in args.strategies:
+            out = run_dir / f"supernet-{strategy}-e{epochs}"
+            done = (out / "supernet.pt").is_file() and (out / "metrics.csv").is_file() and \
+                sum(1 for _ in (out / "metrics.csv").open()) - 1 >= epochs
+            if not done:
+                cmd = nas + ["train-supernet", "--space", gt["space"], "--data", str(data), "--epochs", str(epochs),
+                             "--batch-size", str(batch), "--lr", str(args.lr), "--warmup-iters",
+                             str(args.warmup_iters), "--eval-interval", str(epochs), "--workers", "0",
+                             "--seed", str(seed), "--calib-images", str(gt["calib_images"]),
+                             "--search-fraction", str(gt["search_fraction"]), "--num-random", str(args.num_random),
+                             *STRATEGY_FLAGS[strategy], "--out", str(out)] + \
+                    (["--resume"] if (out / "last.pt").is_file() else [])
+                print("$ " + " ".join(cmd), flush=True)
+                t0 = time.perf_counter()
+                if subprocess.run(cmd, env=env).returncode != 0:
+                    sys.exit(f"nas train-supernet failed ({strategy}, {epochs} epochs)")
+                print(f"trained in {time.perf_counter() - t0:.0f} s", flush=True)
+            state, meta = load_model_weights(out / "supernet.pt")
+            held = meta["search_split"]["held_out_ids"]
+            if subsets is None:
+                subsets = prepare_subsets(paths, run_dir / "scoring", calib_images=gt["calib_images"],
+                                          val_images=None, seed=seed, batch_size=16, held_out_ids=held)
+                if subsets.val_images != gt["scored_images"]:
+                    sys.exit(f"{out}: holds out {subsets.val_images} images, the ground truth was scored on "
+                             f"{gt['scored_images']}")
+            scorer = CandidateScorer(space.to_dict(), int(meta["num_classes"]), state, subsets.data,
+                                     threads=args.threads)
+            scored = {r["index"]: scorer.score(r["arch"]) for r in rows}
+            if not result["proxies"]:
+                for proxy in ("params", "flops"):
+                    result["proxies"][proxy] = judge({k: v[proxy] for k, v in scored.items()}, truth, pairs, ceiling)
+            entry = {"strategy": strategy, "epochs": epochs,
+                     "supernet_mAP": {str(k): v["map"] for k, v in scored.items()},
+                     **judge({k: v["map"] for k, v in scored.items()}, truth, pairs, ceiling)}
+            result["supernets"].append(entry)
+            result["total_time_s"] = round(time.perf_counter() - started, 1)
+            write_result(args.out, result)
+            fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+            print(f"{strategy} e{epochs}: tau {fmt(entry['kendall_tau'])} ({fmt(entry['share_of_seed_tau'])} of the "
+                  f"seed-to-seed {fmt(ceiling)}), pairwise accuracy {fmt(entry['pairwise_accuracy'])} over "
+                  f"{len(pairs)} pairs", flush=True)
+    for proxy, v in result["proxies"].items():
+        print(f"{proxy}: tau {v['kendall_tau']}, pairwise accuracy {v['pairwise_accuracy']}")
+
+
+if __name__ == "__main__":
+    main()
