@@ -394,3 +394,30 @@ def test_grad_clip_bounds_the_first_update(tmp_path):
     # SGD's first step moves the weights by lr x gradient, here the clipped one: norm 1e-3.
     moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(trainer.model.parameters(), before)))
     assert moved.item() == pytest.approx(0.1 * 1e-3, rel=1e-3)
+
+
+def test_training_prints_its_expected_duration_and_warns_on_a_long_cpu_run(tmp_path, monkeypatch):
+    """After its first 10 steps a session logs the training time left; on a CPU, past CPU_WARN_S,
+    one warning line names the flags of a practical CPU run, and the training goes on."""
+    import logging
+
+    import picodet_nas.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "CPU_WARN_S", 0.0)
+    trainer = _tiny_trainer(tmp_path, epochs=6)  # 2 steps per epoch: the estimate comes in epoch 5
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    level = trainer.log.level
+    trainer.log.addHandler(handler)
+    trainer.log.setLevel(logging.INFO)
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.log.removeHandler(handler)
+        trainer.log.setLevel(level)
+    estimates = [r.getMessage() for r in records if r.getMessage().startswith("expected training time")]
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(estimates) == 1 and "for the 2 steps left" in estimates[0]
+    assert len(warnings) == 1 and "--epochs 20 --batch-size 8" in warnings[0] and "going on" in warnings[0]
+    assert trainer.progress.epoch == 6 and result is not None

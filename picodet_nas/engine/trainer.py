@@ -51,6 +51,8 @@ from .state import capture_rng, restore_rng
 LOSS_KEYS = ("loss", "loss_vfl", "loss_giou", "loss_dfl", "loss_kd")
 TRAIN_COLUMNS = ("epoch", "step", "lr", *LOSS_KEYS, "num_pos", "img_per_s", "epoch_time_s", "wall_time_s")
 TIME_COLUMNS = ("img_per_s", "epoch_time_s", "wall_time_s")
+ESTIMATE_STEPS = (2, 10)  # steps timed for the duration estimate: from the end of the 2nd to the end of the 10th
+CPU_WARN_S = 3 * 3600  # a CPU run expected to train longer than this gets a one-line warning
 
 
 class Evaluator(Protocol):
@@ -272,6 +274,7 @@ class Trainer:
         try:
             for i, (images, targets) in enumerate(loader):
                 parts = self.train_step(images, targets)
+                self._estimate_duration(epoch, i)
                 for k in sums:
                     sums[k] += parts[k]
                 images_seen += images.shape[0] * self.dist.world_size
@@ -294,6 +297,28 @@ class Trainer:
         epoch_time = time.perf_counter() - t0
         return {**{k: round(v, 6) for k, v in zip((*LOSS_KEYS, "num_pos"), means)},
                 "img_per_s": round(images_seen / epoch_time, 2), "epoch_time_s": round(epoch_time, 3)}
+
+    def _estimate_duration(self, epoch: int, i: int) -> None:
+        """Once per session, after its first ESTIMATE_STEPS[1] steps: the training time left, from
+        the pace of the steps after the first ESTIMATE_STEPS[0] (which carry start-up costs); on a
+        CPU, a warning with the flags that make the run practical when it exceeds CPU_WARN_S.
+        Training goes on either way."""
+        first, last = ESTIMATE_STEPS
+        self._session_steps = getattr(self, "_session_steps", 0) + 1
+        if not self.dist.is_main or self._session_steps > last:
+            return
+        if self._session_steps == first:
+            self._estimate_t0 = time.perf_counter()
+        elif self._session_steps == last:
+            per_step = (time.perf_counter() - self._estimate_t0) / (last - first)
+            left = (self.cfg.epochs - epoch) * self.iters_per_epoch - (i + 1)
+            seconds = per_step * left
+            self.log.info(f"expected training time: {_fmt_duration(seconds)} for the {left} steps left "
+                          f"({per_step:.2f} s/step; evaluations not included)")
+            if self.device.type == "cpu" and seconds > CPU_WARN_S:
+                self.log.warning(f"on this CPU the training takes about {_fmt_duration(seconds)}; a practical CPU "
+                                 "run needs a smaller schedule (e.g. --epochs 20 --batch-size 8 --input-size 192 "
+                                 "--lr 0.05, the quick start's scale) or a GPU (--device cuda); going on")
 
     def train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
         """One optimiser step on a batch (as the loader gives it); returns the loss parts,
