@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import CocoDetection, build_eval_loader
-from ..evaluation import coco_evaluate, detections_to_coco
+from ..evaluation import STAT_KEYS, coco_evaluate, detections_to_coco
 from ..postprocess import EVAL_NMS, NMSConfig, postprocess
 
 EVAL_BATCH_SIZE = 8  # PaddleDetection's eval batch; keep it fixed so that numbers repeat exactly
@@ -73,3 +73,18 @@ def evaluate_coco(model: nn.Module, dataset: CocoDetection, input_size: int, *, 
     mapping = dataset.label_to_cat_id if label_to_cat_id is None else label_to_cat_id
     detections = predict_batches(model, loader, mapping, device, amp_dtype, progress, total=len(loader))
     return coco_evaluate(dataset.coco, detections, dataset.image_ids)
+
+
+class CocoEvaluator:
+    """Evaluator of a static model: the twelve COCO numbers on the validation split."""
+
+    names = STAT_KEYS
+
+    def __init__(self, dataset: CocoDetection, input_size: int, device: torch.device, *, batch_size: int,
+                 workers: int, amp_dtype: torch.dtype | None):
+        self.dataset, self.input_size, self.device = dataset, input_size, device
+        self.batch_size, self.workers, self.amp_dtype = batch_size, workers, amp_dtype
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_coco(model, self.dataset, self.input_size, device=self.device, batch_size=self.batch_size,
+                             workers=self.workers, amp_dtype=self.amp_dtype, progress=True)

@@ -29,14 +29,13 @@ from ..arch import Arch, load_arch_file, resolve_arch
 from ..checkpoint import apply_state, load_checkpoint, save_checkpoint
 from ..data import CocoDetection, resolve_data
 from ..errors import DataError, LatencyTableError, UserError
-from ..evaluation import STAT_KEYS
 from ..models import build_model
 from ..utils.io import atomic_write_json
 from ..utils.rundir import default_run_name, prepare_run_dir
 from .config import TrainConfig, data_workers
 from .bn_calibration import BNCalibration
 from .distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
-from .evaluate import EVAL_BATCH_SIZE, evaluate_coco
+from .evaluate import EVAL_BATCH_SIZE, CocoEvaluator, evaluate_coco
 from .plan import StaticPlan
 from .trained import load_trained_model, model_meta
 from .session import (close_logging, load_resume_checkpoint, load_split, load_train_val, open_run,
@@ -50,21 +49,6 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
 METRICS_FILE = "metrics.json"
-
-
-class CocoEvaluator:
-    """Evaluator of a static model: the twelve COCO numbers on the validation split."""
-
-    names = STAT_KEYS
-
-    def __init__(self, dataset: CocoDetection, input_size: int, device: torch.device, *, batch_size: int,
-                 workers: int, amp_dtype: torch.dtype | None):
-        self.dataset, self.input_size, self.device = dataset, input_size, device
-        self.batch_size, self.workers, self.amp_dtype = batch_size, workers, amp_dtype
-
-    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        return evaluate_coco(model, self.dataset, self.input_size, device=self.device, batch_size=self.batch_size,
-                             workers=self.workers, amp_dtype=self.amp_dtype, progress=True)
 
 
 @dataclass(frozen=True)

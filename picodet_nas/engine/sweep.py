@@ -162,7 +162,7 @@ def train_trial(params: dict[str, Any], *, arch: dict[str, Any], data: str, base
     """One Tune trial: train with `params`, report mAP after every epoch (`tune.report`)."""
     from ray import tune
 
-    from .retrain import CocoEvaluator  # retrain imports this module lazily: no cycle
+    from .evaluate import CocoEvaluator
     from .trained import model_meta
 
     torch.set_num_threads(settings.threads_per_trial)
