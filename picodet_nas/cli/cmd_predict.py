@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("model", metavar="CKPT", help="checkpoint (model.pt of a retrain): it records its architecture, "
                    "classes and input size")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--weights", metavar="CKPT", help="the older form: MODEL is then the architecture (a preset or "
+    p.add_argument("--weights", metavar="CKPT", help="the older form: the first argument is then the architecture (a preset or "
                    "a YAML), checked against the checkpoint")
     p.add_argument("--score-thr", type=float, default=0.4,
                    help="draw and list detections scoring at least this (default: 0.4, the deploy demo's)")
