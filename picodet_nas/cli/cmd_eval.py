@@ -16,8 +16,8 @@ def register(sub) -> None:
     )
     p.add_argument("model", metavar="CKPT", help="checkpoint to evaluate (model.pt, best.pt, last.pt): it records "
                    "its architecture, classes and input size")
-    p.add_argument("--weights", metavar="CKPT", help="the older form: the first argument is then the architecture (a preset or "
-                   "a YAML), checked against the checkpoint")
+    p.add_argument("--weights", metavar="CKPT", help="the older form: the first argument is then the architecture "
+                   "(a preset or a YAML), checked against the checkpoint")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="COCO-format dataset (COCO 2017 or simple layout); its validation split is used")
     p.add_argument("--input-size", type=int, help="evaluate at this input size (default: the one it was trained at)")

@@ -17,8 +17,8 @@ def register(sub) -> None:
     p.add_argument("model", metavar="CKPT", help="checkpoint (model.pt of a retrain): it records its architecture, "
                    "classes and input size")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--weights", metavar="CKPT", help="the older form: the first argument is then the architecture (a preset or "
-                   "a YAML), checked against the checkpoint")
+    p.add_argument("--weights", metavar="CKPT", help="the older form: the first argument is then the architecture "
+                   "(a preset or a YAML), checked against the checkpoint")
     p.add_argument("--score-thr", type=float, default=0.4,
                    help="draw and list detections scoring at least this (default: 0.4, the deploy demo's)")
     p.add_argument("--input-size", type=int, help="network input size (default: the one it was trained at)")
