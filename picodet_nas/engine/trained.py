@@ -67,12 +67,7 @@ def checkpoint_arch(meta: Mapping[str, Any], weights: str | Path, arch_spec: str
                 raise CheckpointError(f"{weights} holds another architecture than {arch_spec} "
                                       f"(checkpoint vs given: {difference})")
         arch = recorded or given
-    if input_size is not None:
-        try:
-            arch = arch.replace(input_size=input_size)
-        except ArchError as e:
-            raise ArchError(f"--input-size: {e}") from None
-    return arch
+    return resolve_arch(arch, input_size)
 
 
 def load_trained_model(arch_spec: str | Path | Arch | None, weights: str | Path, input_size: int | None = None
