@@ -63,7 +63,8 @@ def register(sub) -> None:
     sc = p.add_argument_group("scoring")
     sc.add_argument("--calib-images", type=_count_or_all, default=256, metavar="N|all",
                     help="training images (outside the search split) on which each candidate gets exact BN "
-                         "statistics, a fixed subset; each worker decodes them once per input size and keeps them "
+                         "statistics, a fixed subset augmented once as in training; each worker prepares them once "
+                         "per input size and keeps them "
                          "as uint8 (256 at 320 px: 79 MB) (default: 256)")
     sc.add_argument("--val-images", "--score-images", dest="val_images", type=_count_or_all, default=500,
                     metavar="N|all",

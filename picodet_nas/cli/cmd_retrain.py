@@ -63,7 +63,8 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
                    help="the multi-scale training sizes (default: the input size +-64 px in steps of 32)")
     p.add_argument("--calib-images", type=int, metavar="N",
                    help="training images on which the evaluated weights get exact BN statistics, computed as eval "
-                        "mode uses them (default: 256; 0: keep the running statistics of training)")
+                        "mode uses them, on the images augmented as in training and resized to the evaluation size "
+                        "(default: 256; 0: keep the running statistics of training)")
     p.add_argument("--ema-buffers", action=argparse.BooleanOptionalAction, default=None,
                    help="average the BN running statistics in the EMA with the weights (default: on); off: the "
                         "EMA weights take the model's statistics")
