@@ -68,7 +68,7 @@ def candidate_pool(space: SearchSpace, seed: int, count: int = 30000) -> list[Ar
         favourite: dict[str, object] = {}
         genome = []
         for gene in space.genes:
-            group = gene.name.split("[")[0].split(".")[0]
+            group = gene.name.split(".")[0]  # channel_ratio.3 -> channel_ratio
             if group not in favourite:
                 favourite[group] = rng.choice(gene.choices)
             pick = favourite[group] if rng.random() < keep and favourite[group] in gene.choices \

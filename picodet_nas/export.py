@@ -168,13 +168,14 @@ def export_onnx(model: PicoDet, path: str | Path, *, input_size: int, postproces
         names = wrapper.output_names()
         dynamic = {n: {0: "batch"} for n in ["image", *names]} if dynamic_batch else None
     wrapper.eval()  # a wrapper left in training mode would put `model` back into training mode
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, dummy, str(path), dynamo=False, opset_version=OPSET,
+        torch.onnx.export(wrapper, dummy, buffer, dynamo=False, opset_version=OPSET,
                           input_names=inputs, output_names=names, dynamic_axes=dynamic)
-    graph = onnx.load(str(path))
+    graph = onnx.load_from_string(buffer.getvalue())
     for key, value in onnx_metadata(model, meta, postprocess=postprocess, original_size=original_size,
                                     cfg=cfg).items():
         graph.metadata_props.add(key=key, value=value)
-    atomic_write_bytes(path, graph.SerializeToString())
+    atomic_write_bytes(path, graph.SerializeToString())  # written once, whole: no half file is left behind
     return path

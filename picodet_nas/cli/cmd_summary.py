@@ -33,25 +33,18 @@ def run(args: argparse.Namespace) -> int:
     if is_architecture(args.arch):
         arch, num_classes = resolve_arch(args.arch, args.input_size), args.num_classes or 80
     else:
-        from ..checkpoint import load_checkpoint
-        from ..engine.trained import checkpoint_arch
+        from ..engine.trained import read_trained
 
-        from ..errors import CheckpointError
-
-        meta = load_checkpoint(args.arch)["meta"]
-        if meta.get("kind") == "supernet":
-            raise CheckpointError(f"{args.arch}: a supernet checkpoint; summarise one of its architectures (a YAML)")
-        arch, num_classes = checkpoint_arch(meta, args.arch, None, args.input_size), args.num_classes or \
-            meta.get("num_classes", 80)
-    args.num_classes = num_classes
+        arch, meta, _ = read_trained(args.arch, input_size=args.input_size)
+        num_classes = args.num_classes or meta["num_classes"]
     latency = None
     if args.latency_table:  # before the FLOP count, so that a wrong table fails fast
         from ..latency import LatencyPredictor
 
         predictor = LatencyPredictor.from_file(args.latency_table)
-        predictor.check_num_classes(args.num_classes)
+        predictor.check_num_classes(num_classes)
         latency = predictor.predict(arch)
-    info = summarize(arch, num_classes=args.num_classes)
+    info = summarize(arch, num_classes=num_classes)
     if latency is not None:
         info["predicted_latency_ms"] = round(latency, 3)
         info["latency_table"] = args.latency_table

@@ -27,19 +27,19 @@ CALIB_BATCH_SIZE = 32
 
 class BNCalibration:
     def __init__(self, dataset: CocoDetection, num_images: int, *, seed: int = 0,
-                 device: torch.device | str = "cpu", workers: int = 0, augment: bool = True, interp: str = "batch"):
+                 device: torch.device | str = "cpu", workers: int = 0, interp: str = "batch"):
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         self.dataset, self.num_images, self.seed = dataset, num_images, seed
         self.device, self.workers = torch.device(device), workers
-        self.augment, self.interp = augment, interp
+        self.interp = interp
         self._caches: dict[int, CalibCache] = {}
 
     def cache(self, size: int) -> CalibCache:
         """The calibration images at `size`, decoded on first use."""
         if size not in self._caches:
             self._caches[size] = CalibCache(self.dataset, size, num_images=self.num_images, seed=self.seed,
-                                            workers=self.workers, augment=self.augment, interp=self.interp)
+                                            workers=self.workers, interp=self.interp)
         return self._caches[size]
 
     def __call__(self, model: nn.Module, size: int) -> int:

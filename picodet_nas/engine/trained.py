@@ -70,20 +70,26 @@ def checkpoint_arch(meta: Mapping[str, Any], weights: str | Path, arch_spec: str
     return resolve_arch(arch, input_size)
 
 
-def load_trained_model(arch_spec: str | Path | Arch | None, weights: str | Path, input_size: int | None = None
-                       ) -> tuple[PicoDet, dict[str, Any], dict[str, Any]]:
-    """The checkpoint's network with its weights (the EMA weights of a training checkpoint), in
-    eval mode, with the checkpoint's meta and the whole checkpoint; see `checkpoint_arch` for
-    `arch_spec` (None: the recorded architecture) and `input_size`."""
+def read_trained(weights: str | Path, arch_spec: str | Path | Arch | None = None, input_size: int | None = None
+                 ) -> tuple[Arch, dict[str, Any], dict[str, Any]]:
+    """(architecture, meta, whole checkpoint) of a retrain checkpoint, without building the
+    network; see `checkpoint_arch` for `arch_spec` and `input_size`. Refuses, in one line, a
+    supernet checkpoint and one whose meta lacks the number of classes."""
     ckpt = load_checkpoint(weights)
     meta = ckpt["meta"]
     if meta.get("kind") == "supernet":
         raise CheckpointError(f"{weights}: a supernet checkpoint; retrain a subnet with `nas retrain` first")
-    num_classes = meta.get("num_classes")
-    if not isinstance(num_classes, int):
+    if not isinstance(meta.get("num_classes"), int):
         raise CheckpointError(f"{weights}: checkpoint meta lacks num_classes")
-    arch = checkpoint_arch(meta, weights, arch_spec, input_size)
-    model = build_model(arch, num_classes)
+    return checkpoint_arch(meta, weights, arch_spec, input_size), meta, ckpt
+
+
+def load_trained_model(arch_spec: str | Path | Arch | None, weights: str | Path, input_size: int | None = None
+                       ) -> tuple[PicoDet, dict[str, Any], dict[str, Any]]:
+    """The checkpoint's network with its weights (the EMA weights of a training checkpoint), in
+    eval mode, with the checkpoint's meta and the whole checkpoint (`read_trained`)."""
+    arch, meta, ckpt = read_trained(weights, arch_spec, input_size)
+    model = build_model(arch, meta["num_classes"])
     apply_state(model, ckpt.get("ema") or ckpt["model"], weights)
     return model.eval(), meta, ckpt
 

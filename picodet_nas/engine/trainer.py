@@ -132,6 +132,7 @@ class Trainer:
         self.best_metric = best_metric
         self.on_epoch_end = on_epoch_end
         self.calibrate = calibrate
+        self._session_steps, self._estimate_t0 = 0, 0.0  # the duration estimate (_estimate_duration)
         self.log = logger or logging.getLogger("picodet_nas.run")
         self.device = dist_info.device
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
@@ -304,7 +305,7 @@ class Trainer:
         CPU, a warning with the flags that make the run practical when it exceeds CPU_WARN_S.
         Training goes on either way."""
         first, last = ESTIMATE_STEPS
-        self._session_steps = getattr(self, "_session_steps", 0) + 1
+        self._session_steps += 1
         if not self.dist.is_main or self._session_steps > last:
             return
         if self._session_steps == first:
