@@ -38,6 +38,7 @@ from picodet_nas.errors import CheckpointError, SpaceError, UserError
 from picodet_nas.latency.predictor import LatencyPredictor
 from picodet_nas.utils.io import atomic_write_text
 from picodet_nas.utils.rundir import default_run_name, prepare_run_dir
+from picodet_nas.utils.tensorboard import ScalarLog, require_tensorboard
 
 from .budget import format_ms, parse_budget
 from .data import prepare_subsets
@@ -88,6 +89,7 @@ class EvolveConfig:
     references: bool = True
     rescore_top: int = 5  # the best K candidates are scored again on more search-split images
     rescore_images: int | None = None  # None: every image of the search split
+    tensorboard: bool = False  # also write the best-so-far per generation as TensorBoard scalars
 
 
 @dataclass
@@ -117,6 +119,8 @@ def _check_settings(cfg: EvolveConfig) -> None:
                         f"--population ({cfg.population}): the population is the size of a generation")
     need(0.0 <= cfg.mutation_prob <= 1.0, "mutation-prob", "a probability in [0, 1]", cfg.mutation_prob)
     need(cfg.generations >= 1, "generations", "at least 1", cfg.generations)
+    if cfg.tensorboard:
+        require_tensorboard()
     need(cfg.workers is None or cfg.workers >= 0, "workers", ">= 0 (0: score in this process)", cfg.workers)
     need(cfg.threads_per_worker >= 1, "threads-per-worker", "at least 1", cfg.threads_per_worker)
     need(cfg.calib_images is None or cfg.calib_images >= 1, "calib-images", "at least 1", cfg.calib_images)
@@ -333,6 +337,8 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
         writer = _Outputs(run_dir, space, budget_ms, provenance,
                           f"{resolved['study_name']}: {cfg.strategy}, budget {format_ms(budget_ms)} ms")
         generations_done = 0
+        # a resumed search replays its recorded generations, so every point is written again
+        scalars = ScalarLog(run_dir, purge_step=0) if cfg.tensorboard else None
         for g in range(cfg.generations):
             proposal = proposer.propose(g, history.candidates(before=g))
             if not proposal:
@@ -340,7 +346,12 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
                 break
             search.run_generation(g, proposal)
             generations_done = g + 1
-            writer.write(history)
+            best = writer.write(history)
+            if scalars is not None:
+                scalars.add("search", generation_scalars(history, g, best), g)
+                scalars.flush()
+        if scalars is not None:
+            scalars.close()
         if cfg.references:
             search.score_references(reference_archs(genomes))
         rescored = _rescore(cfg, history, subsets, space.to_dict(), meta["num_classes"], state, run_dir,
@@ -526,6 +537,17 @@ class _Search:
                           f", attempt {rec.attempts}" if rec.attempts > 1 else "")
             if bar is not None:
                 bar.update(1)
+
+
+def generation_scalars(history: SearchHistory, g: int, best: Scored | None) -> dict[str, float]:
+    """The search's curve after generation `g`: the best-so-far and the generation's own scores."""
+    own = [c.map for c in history.candidates(generation=g)]
+    out = {"candidates": float(len(history.candidates()))}
+    if best is not None:
+        out.update(best_mAP=best.map, best_predicted_ms=best.predicted_latency_ms)
+    if own:
+        out.update(generation_mean_mAP=sum(own) / len(own), generation_max_mAP=max(own))
+    return out
 
 
 class _Outputs:

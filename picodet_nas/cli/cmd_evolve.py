@@ -105,6 +105,9 @@ def register(sub) -> None:
     out.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                      help="continue an interrupted search: RUN_DIR, else the one --out/--name names, else the latest "
                           "under runs/evolve. What was scored is looked up, the same candidate sequence continues")
+    out.add_argument("--tensorboard", action="store_true",
+                     help="also write the best-so-far mAP per generation as TensorBoard scalars into the run folder's "
+                          "tensorboard/ (needs the optional extra: pip install \"picodet-nas[tensorboard]\")")
     out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(handler=run)
 
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, threads_per_worker=args.threads_per_worker, address=args.address, storage=args.storage,
         resume=args.resume, out=args.out, name=args.name, calib_images=args.calib_images, val_images=args.val_images,
         batch_size=args.batch_size, data_seed=args.data_seed, references=args.references,
-        rescore_top=args.rescore_top, rescore_images=args.rescore_images,
+        rescore_top=args.rescore_top, rescore_images=args.rescore_images, tensorboard=args.tensorboard,
     )
     result = run_evolve(cfg, progress=args.progress)
     print(result.summary)

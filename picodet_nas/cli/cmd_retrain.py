@@ -75,13 +75,16 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
                         "the training threads; min(4, cores) on a GPU); does not change results")
     p.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default: 0)")
     p.add_argument("--log-interval", type=int, metavar="N", help="write a log line every N steps (default: 20)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard scalars (losses, learning rate, mAP) into the run folder's "
+                        "tensorboard/ (needs the optional extra: pip install \"picodet-nas[tensorboard]\")")
     p.add_argument("--out", metavar="DIR", help=f"run directory (default: runs/{command}/<name>)")
     p.add_argument("--name", help="run name under runs/" + command + " (default: the architecture and a timestamp)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH", help=RESUME_HELP)
 
 
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "warmup_iters", "cosine_epochs", "eval_interval", "device", "amp",
-                 "bn_freeze_epochs", "grad_clip", "train_interp", "train_sizes", "calib_images", "ema_buffers", "channels_last", "workers", "seed", "log_interval")
+                 "bn_freeze_epochs", "grad_clip", "train_interp", "train_sizes", "calib_images", "ema_buffers", "channels_last", "workers", "seed", "log_interval", "tensorboard")
 
 
 def merged_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:

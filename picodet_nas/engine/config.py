@@ -108,6 +108,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global gradient norm; 0: no clipping
     channels_last: bool = True  # NHWC activations: about 1.25x the training throughput of NCHW on a CPU
     log_interval: int = 20
+    tensorboard: bool = False  # also write TensorBoard scalars into run_dir/tensorboard (optional extra)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_sizes", tuple(int(s) for s in self.train_sizes))
@@ -194,6 +195,7 @@ class TrainConfig:
         need(is_num(self.ema_decay) and 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         need(isinstance(self.ema, bool), "ema", "true or false")
         need(isinstance(self.channels_last, bool), "channels_last", "true or false")
+        need(isinstance(self.tensorboard, bool), "tensorboard", "true or false")
         need(isinstance(self.ema_buffers, bool), "ema_buffers", "true or false")
         need(self.train_interp in INTERPOLATION_MODES, "train_interp", f"one of {', '.join(INTERPOLATION_MODES)}")
         need(is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0: no clipping)")

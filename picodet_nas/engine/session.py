@@ -24,7 +24,7 @@ from .distributed import DistInfo, on_main
 LOGGER_NAME = "picodet_nas.run"
 # Options a resumed run may change: they do not affect the numbers (or, for the device, only
 # through floating-point rounding, which a user moving a run to another machine accepts).
-RESUMABLE_CHANGES = ("workers", "device", "log_interval")
+RESUMABLE_CHANGES = ("workers", "device", "log_interval", "tensorboard")
 
 
 class _TqdmHandler(logging.StreamHandler):

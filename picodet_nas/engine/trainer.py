@@ -37,6 +37,7 @@ from ..checkpoint import apply_state, save_checkpoint
 from ..data import CocoDetection, build_train_loader
 from ..errors import CheckpointError, UserError
 from ..losses import PicoDetLoss, inplace_distillation_loss
+from ..utils.tensorboard import ScalarLog, require_tensorboard
 from ..models import flatten_outputs
 from ..utils.io import atomic_write_text
 from .config import TrainConfig
@@ -161,6 +162,9 @@ class Trainer:
         self.progress = _Progress()
         self._final_weights: dict[str, torch.Tensor] = {}
         self.metric_names = tuple(evaluator.names) if evaluator is not None else ()
+        if cfg.tensorboard:
+            require_tensorboard()  # before any work, not after the first epoch
+        self._scalars: ScalarLog | None = None
 
     # ---- data -----------------------------------------------------------------------
     def _loader(self, epoch: int):
@@ -225,8 +229,19 @@ class Trainer:
                       f"{self.dist.world_size} process(es), peak lr {self.peak_lr:.4g}, device {self.device}"
                       + (f", amp {self.amp_dtype}" if self.amp_dtype else ""))
         self.model.train()
-        weights: dict[str, torch.Tensor] = {}
         session_start, session_wall = time.perf_counter(), p.wall_time_s
+        if cfg.tensorboard and self.dist.is_main:  # a resumed run drops the events written after last.pt
+            self._scalars = ScalarLog(self.run_dir, purge_step=p.step + 1)
+        try:
+            self._fit_epochs(session_start, session_wall)
+        finally:
+            if self._scalars is not None:
+                self._scalars.close()
+                self._scalars = None
+        return self._result(self._final_weights)
+
+    def _fit_epochs(self, session_start: float, session_wall: float) -> None:
+        cfg, p = self.cfg, self.progress
         for epoch in range(p.epoch, cfg.epochs):
             self._set_bn_mode(epoch)
             losses = self._train_epoch(epoch)
@@ -241,8 +256,8 @@ class Trainer:
             if self.dist.is_main:
                 self._end_epoch_files(epoch, weights, metrics)
             self._log_epoch(row, metrics)
+            self._final_weights = weights
             barrier(self.dist)
-        return self._result(weights)
 
     def _set_bn_mode(self, epoch: int) -> None:
         """Train the last `bn_freeze_epochs` with every BN layer in eval mode.
@@ -288,6 +303,8 @@ class Trainer:
                                  "img/s": f"{images_seen / elapsed:.1f}", "eta": _fmt_duration(eta)}, refresh=False)
                 bar.update()
                 if (i + 1) % cfg.log_interval == 0:
+                    if self._scalars is not None:
+                        self._scalars.add("step", stats, p.step)
                     self.log.debug(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{len(loader)} (global {p.step}) "
                                    + " ".join(f"{k} {v:.4f}" for k, v in stats.items())
                                    + f" img/s {images_seen / elapsed:.1f} eta {_fmt_duration(eta)}")
@@ -415,6 +432,10 @@ class Trainer:
         self._write_metrics_csv()
 
     def _log_epoch(self, row: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        if self._scalars is not None:  # x axis: the global step, as the per-step scalars
+            self._scalars.add("epoch", {k: v for k, v in row.items() if k not in self.metric_names}, row["step"])
+            self._scalars.add("eval", metrics, row["step"])
+            self._scalars.flush()
         text = (f"epoch {row['epoch']}/{self.cfg.epochs} loss {row['loss']:.4f} (vfl {row['loss_vfl']:.4f} "
                 f"giou {row['loss_giou']:.4f} dfl {row['loss_dfl']:.4f}) lr {row['lr']:.4g} "
                 f"{row['img_per_s']:.1f} img/s, {row['epoch_time_s']:.1f} s")
