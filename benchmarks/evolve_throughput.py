@@ -10,7 +10,7 @@ the figure is the steady-state rate over the measured candidates. `worker_second
 and grows when the workers (or other processes) share cores. The scores of every pool
 size are compared: they must be identical (a score must not depend on the worker).
 
-Inputs are the toy ones of the tests (`evolution.toy`: a random-weight supernet of a tiny
+Inputs are the toy ones of the tests (`tests/toy_search.py`: a random-weight supernet of a tiny
 space, an analytic latency table, generated shapes images), unless --space names a space
 YAML of your own; the speed-up, not the absolute rate, is the point on a small config.
 
@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import random
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -35,11 +36,13 @@ import yaml
 from evolution.data import prepare_subsets
 from evolution.operators import Constraint, FeasibleSampler, GenomeSpace
 from evolution.pools import RayPool, RaySession
-from evolution.toy import TOY_SPACE, make_toy_inputs
 from picodet_nas.checkpoint import load_model_weights
 from picodet_nas.data import resolve_data
 from picodet_nas.latency import LatencyPredictor
 from picodet_nas.utils.io import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' toy inputs
+from toy_search import TOY_SPACE, make_toy_inputs  # noqa: E402
 
 
 def candidates_for(predictor: LatencyPredictor, count: int, seed: int) -> list:

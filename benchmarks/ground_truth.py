@@ -16,6 +16,9 @@ must separate them); the seed-to-seed Kendall tau (the ranking one seed gives of
 the ceiling any scorer can reach); and the same-level pairs whose means differ by more than
 both architectures' seed spreads (the pairs a scorer should order).
 
+The largest and smallest architectures train first, with every seed, so whether the schedule
+separates them is known after the first runs. `--jobs N` trains N runs at once, each with
+`--threads / N` threads; the mAPs do not depend on it (each run is deterministic for its seed).
 Runs are kept under the run folder and reused, and the JSON is rewritten after every run, so
 an interrupted benchmark resumes where it stopped:
 
@@ -34,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
@@ -183,7 +187,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=qs["supernet"]["lr"])
     ap.add_argument("--warmup-iters", type=int, default=qs["supernet"]["warmup_iters"])
     ap.add_argument("--calib-images", type=int, default=qs["evolve"]["calib_images"])
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--grad-clip", type=float, default=0.0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of all runs together")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     ap.add_argument("--run-dir", type=Path)
     ap.add_argument("--select-only", action="store_true", help="print the architectures and stop")
     ap.add_argument("--out", help="write the result JSON here (also rewritten after every run)")
@@ -223,30 +229,43 @@ def main() -> None:
                               held_out_ids=[train_set.image_ids[i] for i in held])
     scorer = NetworkScorer(subsets.data)
     nas = [sys.executable, "-m", "picodet_nas.cli.main"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    jobs = max(1, min(args.jobs, args.threads))
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // jobs))}
     rows = [{**c, "mAP": {}, "wall_time_s": {}} for c in listed]
     result = {"benchmark": "ground_truth", "command": " ".join(sys.argv), "space": args.space, "data": str(data),
               "latency_table": str(args.latency_table), "data_seed": args.data_seed,
               "search_fraction": args.search_fraction,
               "train_images": len(train_set) - len(held), "scored_images": subsets.val_images,
               "calib_images": subsets.calib_images, "recipe": {k: getattr(args, k) for k in (
-                  "epochs", "batch_size", "lr", "warmup_iters")}, "seeds": args.seeds, "archs": rows,
+                  "epochs", "batch_size", "lr", "warmup_iters", "grad_clip")}, "seeds": args.seeds, "archs": rows,
               "run_dir": str(run_dir)}
-    for seed in args.seeds:  # seed-major: one complete seed of every architecture first
-        for i, c in enumerate(chosen):
-            out = run_dir / f"a{i}-s{seed}"
-            if not (out / "model.pt").is_file():
-                save_arch(c["arch"], run_dir / f"arch-{i}.yaml")
-                cmd = nas + ["retrain", str(run_dir / f"arch-{i}.yaml"), "--data", str(alone),
-                             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-                             "--warmup-iters", str(args.warmup_iters), "--eval-interval", str(args.epochs),
-                             "--workers", "0", "--seed", str(seed), "--device", "cpu", "--no-measure-latency",
-                             "--out", str(out)] + (["--resume"] if (out / "last.pt").is_file() else [])
-                print("$ " + " ".join(cmd), flush=True)
-                if subprocess.run(cmd, env=env).returncode != 0:
-                    sys.exit(f"nas retrain failed for architecture {i}, seed {seed}")
-            model, _, _ = load_trained_model(c["arch"], out / "model.pt")
-            rows[i]["mAP"][str(seed)] = scorer.score(model, c["arch"].input_size)["mAP"]
+    def train(i: int, seed: int) -> Path:
+        out = run_dir / f"a{i}-s{seed}"
+        if not (out / "model.pt").is_file():
+            cmd = nas + ["retrain", str(run_dir / f"arch-{i}.yaml"), "--data", str(alone),
+                         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+                         "--warmup-iters", str(args.warmup_iters), "--grad-clip", str(args.grad_clip),
+                         "--eval-interval", str(args.epochs), "--workers", "0", "--seed", str(seed),
+                         "--device", "cpu", "--no-measure-latency", "--out", str(out)] \
+                + (["--resume"] if (out / "last.pt").is_file() else [])
+            print("$ " + " ".join(cmd), flush=True)
+            log = (run_dir / f"a{i}-s{seed}.out").open("w") if jobs > 1 else None
+            if subprocess.run(cmd, env=env, stdout=log, stderr=log).returncode != 0:
+                raise SystemExit(f"nas retrain failed for architecture {i}, seed {seed}")
+        return out
+
+    for i, c in enumerate(chosen):
+        save_arch(c["arch"], run_dir / f"arch-{i}.yaml")
+    # the extremes with every seed first (do they separate?), then seed-major
+    extremes = [i for i, c in enumerate(chosen) if c["level"] in ("max", "min")]
+    order = [(i, s) for s in args.seeds for i in extremes] + \
+        [(i, s) for s in args.seeds for i in range(len(chosen)) if i not in extremes]
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [((i, seed), pool.submit(train, i, seed)) for i, seed in order]
+        for (i, seed), future in futures:  # scored in order, each as soon as its run is done
+            out = future.result()
+            model, _, _ = load_trained_model(chosen[i]["arch"], out / "model.pt")
+            rows[i]["mAP"][str(seed)] = scorer.score(model, chosen[i]["arch"].input_size)["mAP"]
             metrics = json.loads((out / "metrics.json").read_text())
             rows[i]["wall_time_s"][str(seed)] = metrics.get("wall_time_s")
             print(f"arch {i} seed {seed}: mAP {rows[i]['mAP'][str(seed)]:.4f}", flush=True)

@@ -40,8 +40,13 @@ from picodet_nas.data import resolve_data
 from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.space import load_space
 
-STRATEGY_FLAGS = {"uniform": ["--strategy", "uniform"], "sandwich": ["--strategy", "sandwich"],
-                  "sandwich-kd": ["--strategy", "sandwich", "--distill", "0.5"]}
+STRATEGIES = ("uniform", "sandwich", "sandwich-kd")
+
+
+def strategy_flags(strategy: str, distill: float) -> list[str]:
+    if strategy == "sandwich-kd":
+        return ["--strategy", "sandwich", "--distill", str(distill)]
+    return ["--strategy", strategy]
 
 
 def pairwise_accuracy(scores: dict[int, float], pairs: list[list[int]], truth: dict[int, float]) -> float | None:
@@ -67,12 +72,13 @@ def main() -> None:
     qs = yaml.safe_load(CONFIG_FILE.read_text())
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ground-truth", type=Path, required=True, help="a benchmarks/ground_truth.py result JSON")
-    ap.add_argument("--strategies", nargs="+", default=["uniform", "sandwich"], choices=list(STRATEGY_FLAGS))
+    ap.add_argument("--strategies", nargs="+", default=["uniform", "sandwich"], choices=STRATEGIES)
+    ap.add_argument("--distill", type=float, default=0.5, help="distillation weight of sandwich-kd")
     ap.add_argument("--epochs", type=int, nargs="+", default=[qs["supernet"]["epochs"]],
                     help="supernet training budgets (epochs of the supernet's training images)")
     ap.add_argument("--num-random", type=int, default=qs["supernet"].get("num_random", 2))
-    ap.add_argument("--lr", type=float, default=qs["supernet"]["lr"])
-    ap.add_argument("--warmup-iters", type=int, default=qs["supernet"]["warmup_iters"])
+    ap.add_argument("--lr", type=float, help="default: the ground truth's")
+    ap.add_argument("--warmup-iters", type=int, help="default: the ground truth's")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--run-dir", type=Path)
     ap.add_argument("--out")
@@ -85,9 +91,12 @@ def main() -> None:
         sys.exit(f"{args.ground_truth}: {len(gt['archs']) - len(rows)} architectures lack a complete ground truth")
     summary = gt["summary"]
     truth = {r["index"]: r["mean"] for r in rows}
+    lr = args.lr if args.lr is not None else float(gt["recipe"]["lr"])
+    warmup = args.warmup_iters if args.warmup_iters is not None else int(gt["recipe"]["warmup_iters"])
     pairs, ceiling = summary["separable_same_level_pairs"], summary["seed_to_seed_kendall_tau"]
     # the supernet's seed is the ground truth's split seed: it then holds out the same images
     data, seed, batch = Path(gt["data"]), int(gt["data_seed"]), int(gt["recipe"]["batch_size"])
+    grad_clip = float(gt["recipe"].get("grad_clip", 0.0))  # the supernet trains with the same recipe
     space = load_space(gt["space"])
     run_dir = args.run_dir or BENCH_ROOT / f"ranking-vs-gt-{Path(gt['run_dir']).name}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -102,16 +111,17 @@ def main() -> None:
     subsets = None
     for epochs in args.epochs:
         for strategy in args.strategies:
-            out = run_dir / f"supernet-{strategy}-e{epochs}"
+            tag = f"{strategy}{args.distill:g}" if strategy == "sandwich-kd" else strategy
+            out = run_dir / f"supernet-{tag}-e{epochs}"
             done = (out / "supernet.pt").is_file() and (out / "metrics.csv").is_file() and \
                 sum(1 for _ in (out / "metrics.csv").open()) - 1 >= epochs
             if not done:
                 cmd = nas + ["train-supernet", "--space", gt["space"], "--data", str(data), "--epochs", str(epochs),
-                             "--batch-size", str(batch), "--lr", str(args.lr), "--warmup-iters",
-                             str(args.warmup_iters), "--eval-interval", str(epochs), "--workers", "0",
+                             "--batch-size", str(batch), "--lr", str(lr), "--grad-clip", str(grad_clip), "--warmup-iters",
+                             str(warmup), "--eval-interval", str(epochs), "--workers", "0",
                              "--seed", str(seed), "--calib-images", str(gt["calib_images"]),
                              "--search-fraction", str(gt["search_fraction"]), "--num-random", str(args.num_random),
-                             *STRATEGY_FLAGS[strategy], "--out", str(out)] + \
+                             *strategy_flags(strategy, args.distill), "--out", str(out)] + \
                     (["--resume"] if (out / "last.pt").is_file() else [])
                 print("$ " + " ".join(cmd), flush=True)
                 t0 = time.perf_counter()
@@ -133,13 +143,14 @@ def main() -> None:
                 for proxy in ("params", "flops"):
                     result["proxies"][proxy] = judge({k: v[proxy] for k, v in scored.items()}, truth, pairs, ceiling)
             entry = {"strategy": strategy, "epochs": epochs,
+                     "distill": args.distill if strategy == "sandwich-kd" else 0.0,
                      "supernet_mAP": {str(k): v["map"] for k, v in scored.items()},
                      **judge({k: v["map"] for k, v in scored.items()}, truth, pairs, ceiling)}
             result["supernets"].append(entry)
             result["total_time_s"] = round(time.perf_counter() - started, 1)
             write_result(args.out, result)
             fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-            print(f"{strategy} e{epochs}: tau {fmt(entry['kendall_tau'])} ({fmt(entry['share_of_seed_tau'])} of the "
+            print(f"{tag} e{epochs}: tau {fmt(entry['kendall_tau'])} ({fmt(entry['share_of_seed_tau'])} of the "
                   f"seed-to-seed {fmt(ceiling)}), pairwise accuracy {fmt(entry['pairwise_accuracy'])} over "
                   f"{len(pairs)} pairs", flush=True)
     for proxy, v in result["proxies"].items():

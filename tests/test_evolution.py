@@ -1,6 +1,6 @@
 """`nas evolve`: budgets, the latency constraint, scoring, history, resume, Ray workers, outputs.
 
-Everything runs on the toy space (`evolution.toy`: scale 0.25, 96-128 px), a supernet with
+Everything runs on the toy space (`tests/toy_search.py`: scale 0.25, 96-128 px), a supernet with
 random weights, an analytic latency table built with the latency package's own builder, and 16
 train / 8 val generated shapes images, scoring each candidate on 8 calibration and 8 held-out
 images (about 0.5 s a candidate on one thread). The reference run (`baseline`, in this
@@ -30,7 +30,7 @@ from evolution.history import SearchHistory, Scored
 from evolution.operators import Constraint, FeasibleSampler, GenomeSpace
 from evolution.proposers import GAProposer, NSGA2Proposer
 from evolution.search import EvolveConfig, run_evolve
-from evolution.toy import TOY_SPACE, make_toy_inputs, save_toy_supernet, synthetic_table, toy_supernet
+from toy_search import TOY_SPACE, make_toy_inputs, save_toy_supernet, synthetic_table, toy_supernet
 from picodet_nas.arch import load_arch_file
 from picodet_nas.data import make_shapes_dataset
 from picodet_nas.cli.main import main

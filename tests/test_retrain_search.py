@@ -3,7 +3,7 @@ its latency table was measured (by default), `--init supernet` starts from the i
 and every broken input (no arch, another space's supernet, no supernet, a moved table) is one line
 and exit code 2 before anything is written.
 
-Inputs: the toy space of the search tests (`evolution.toy`) with a random-weight supernet and a
+Inputs: the toy space of the search tests (`tests/toy_search.py`) with a random-weight supernet and a
 synthetic latency table relabelled as an ONNX Runtime table of this machine (5 repeats, so that
 the test can see the table's settings being used), and 16 + 8 generated images.
 """
@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from engine_helpers import TINY_TRAIN, load_json, nas, one_line_error
-from evolution.toy import TOY_SPACE, make_toy_inputs, toy_supernet
+from toy_search import TOY_SPACE, make_toy_inputs, toy_supernet
 from picodet_nas.arch import Arch
 from picodet_nas.checkpoint import save_checkpoint
 from picodet_nas.errors import CheckpointError, SpaceError

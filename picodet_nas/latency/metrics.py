@@ -1,7 +1,5 @@
-"""Agreement between predicted and measured latency, and the calibration fit.
-
-numpy only: the figures must be computable anywhere a table is (scipy is not a dependency).
-"""
+"""Agreement between predicted and measured latency, and the calibration fit (SciPy's
+Kendall tau-b and Theil-Sen estimator)."""
 
 from __future__ import annotations
 
@@ -9,24 +7,18 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b of two paired samples (ties in either variable handled as scipy does).
-
-    tau_b = (concordant - discordant) / sqrt((n0 - ties_x) * (n0 - ties_y)), n0 = n(n-1)/2.
-    NaN when there are fewer than two pairs or one variable is constant.
-    """
+    """Kendall's tau-b of two paired samples (`scipy.stats.kendalltau`; ties handled by tau-b).
+    NaN when there are fewer than two pairs or one variable is constant."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError("kendall_tau needs two 1-D sequences of the same length")
-    if x.size < 2:
+    if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return math.nan
-    i, j = np.triu_indices(x.size, 1)
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    n0 = i.size
-    denom = math.sqrt(float(n0 - np.count_nonzero(dx == 0)) * float(n0 - np.count_nonzero(dy == 0)))
-    return float(np.sum(dx * dy) / denom) if denom > 0 else math.nan
+    return float(stats.kendalltau(x, y).statistic)
 
 
 def prediction_errors(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -51,17 +43,13 @@ def _fit(method: str, s: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Robust fits (one slow outlier among 20 whole-network timings must not tilt the line).
 
     ratio:  y = a*s, a = median(y / s).
-    linear: y = a*s + b, Theil-Sen: a = median of pairwise slopes, b = median(y - a*s).
+    linear: y = a*s + b, Theil-Sen (`scipy.stats.theilslopes`): a = median of pairwise slopes,
+            b = median(y - a*s).
     """
-    if method == "ratio" or s.size < 3:
+    if method == "ratio" or s.size < 3 or np.ptp(s) <= 1e-9 * np.abs(s).max():
         return float(np.median(y / s)), 0.0
-    i, j = np.triu_indices(s.size, 1)
-    ds = s[j] - s[i]
-    keep = np.abs(ds) > 1e-9 * np.abs(s).max()
-    if not keep.any():
-        return float(np.median(y / s)), 0.0
-    a = float(np.median((y[j] - y[i])[keep] / ds[keep]))
-    return a, float(np.median(y - a * s))
+    fit = stats.theilslopes(y, s, method="joint")
+    return float(fit.slope), float(fit.intercept)
 
 
 def _loo_mape(method: str, s: np.ndarray, y: np.ndarray) -> float:
