@@ -280,7 +280,8 @@ def main() -> None:
         print(f"{r['index']:>2} {r['level']!s:>5} {r['profile']:<17} {r['predicted_ms']:>8.3f} "
               + " ".join(f"{r['mAP'][str(x)]:>7.4f}" for x in args.seeds) + f" {r['mean']:>7.4f} {r['spread']:>7.4f}")
     if "gap_over_max_spread" in s:
-        print(f"largest - smallest {s['largest_minus_smallest']:.4f} = {s['gap_over_max_spread']:.1f}x the largest "
+        ratio = "n/a" if s["gap_over_max_spread"] is None else f"{s['gap_over_max_spread']:.1f}x"
+        print(f"largest - smallest {s['largest_minus_smallest']:.4f} = {ratio} the largest "
               f"seed spread ({s['max_seed_spread']:.4f}); needed: >= 3x")
     print(f"seed-to-seed Kendall tau {s['seed_to_seed_kendall_tau']}; separable same-level pairs: "
           f"{len(s['separable_same_level_pairs'])}")

@@ -1,6 +1,6 @@
 """Latency budgets as users type them.
 
-`17ms`, `17 ms`, `17` (milliseconds) and `0.017s` are the same budget (design.md); anything
+`17ms`, `17 ms`, `17` (milliseconds) and `0.017s` are the same budget; anything
 else is a clear error rather than a guess, because a budget read in the wrong unit silently
 searches the wrong part of the space.
 """

@@ -3,7 +3,7 @@
 Both pools take a list of architectures and yield `(arch, result)` pairs as results arrive,
 so the driver records each score the moment it exists.
 
-Ray (field-notes §1): each actor is one process holding the supernet once. The weights are
+Ray: each actor is one process holding the supernet once. The weights are
 `ray.put` once, as numpy arrays (zero-copy for the actors), and each actor process receives
 the reference once (`EvolveScorer.setup`); nothing large travels per candidate. Each actor sets
 `torch.set_num_threads(threads_per_worker)` itself (Ray's OMP_NUM_THREADS only holds for

@@ -145,8 +145,8 @@ def plot_pareto(path: Path, candidates: Sequence[Scored], references: Sequence[S
 def write_best_yaml(path: Path, best: Scored, *, space_ref: Mapping[str, str], provenance: Mapping[str, Any],
                     extra_scores: Mapping[str, Any] | None = None) -> None:
     """`best.yaml`: top-level `arch`, `space` {name, fingerprint}, `provenance` and `scores`
-    {map, predicted_latency_ms, params, flops, and the re-scoring's figures when there was one}
-    (design.md); loadable by `load_arch_file`."""
+    {map, predicted_latency_ms, params, flops, and the re-scoring's figures when there was one};
+    loadable by `load_arch_file`."""
     save_arch(best.arch, path, extra={
         "space": dict(space_ref),
         "provenance": dict(provenance),

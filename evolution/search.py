@@ -61,7 +61,7 @@ SEQUENCE_KEYS = ("strategy", "seed", "population", "parents", "mutations", "cros
 
 @dataclass
 class EvolveConfig:
-    """Every setting of a search; the defaults are the SPOS / DetNAS ones (design.md)."""
+    """Every setting of a search; the defaults are the SPOS / DetNAS ones."""
 
     supernet: str
     latency_table: str

@@ -1,4 +1,4 @@
-"""COCO bbox mAP with pycocotools, guarded against its silent pitfalls (field notes §5).
+"""COCO bbox mAP with pycocotools, guarded against its silent pitfalls.
 
 * Detections are ``xywh`` in original-image pixels with real COCO category ids; the model
   predicts contiguous labels, so ``detections_to_coco`` maps them (using label ids as

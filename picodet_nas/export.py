@@ -8,7 +8,7 @@
   ONNX's own `NonMaxSuppression` operator, so ONNX Runtime runs it natively. Batch 1.
 
 We use the TorchScript exporter (`dynamo=False`): it exports a block in ~0.01 s against
-~0.7 s for the dynamo exporter (field-notes §3), which matters when profiling hundreds of
+~0.7 s for the dynamo exporter, which matters when profiling hundreds of
 blocks, and it lets a custom autograd function emit `NonMaxSuppression` directly.
 """
 

@@ -53,8 +53,8 @@ METRICS_FILE = "metrics.json"
 
 @dataclass(frozen=True)
 class SearchResult:
-    """What a search result (`best.yaml`) carries besides its architecture (design.md: `space`,
-    `provenance`, `scores`); every field may be missing from a hand-written file."""
+    """What a search result (`best.yaml`) carries besides its architecture (`space`, `provenance`,
+    `scores`, as `evolution.report.write_best_yaml` writes them); every field may be missing from a hand-written file."""
 
     path: Path
     space: Mapping[str, Any]  # {name, fingerprint}

@@ -13,7 +13,7 @@ defaults, does not pay for importing PyTorch.
 import importlib
 import os
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before anything imports onnxruntime (field-notes §3)
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before anything imports onnxruntime
 
 _EXPORTS = {
     "LatencyPredictor": "predictor", "load_predictor": "predictor",

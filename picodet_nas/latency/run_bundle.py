@@ -16,7 +16,7 @@ On the device::
 
 then, on the machine with picodet-nas: `nas profile-device --import RESULTS.json`.
 
-How models are timed (field-notes §3):
+How models are timed:
 
 * ONNX Runtime, CPU execution provider, batch 1, ORT_ENABLE_ALL, sequential execution,
   `intra_op_num_threads` = threads, `inter_op_num_threads` = 1. With more than one thread
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported (field-notes §3)
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported
 
 import argparse
 import gc

@@ -1,6 +1,6 @@
 """The latency table file: reading it safely, writing it, naming it.
 
-A table is JSON (key names are a contract, design.md "Machine-readable outputs")::
+A table is JSON (the key names are a contract: other tools read them)::
 
     {
       "format": "picodet-nas-latency-table", "version": 1,

@@ -32,10 +32,9 @@ candidates, then a sweep over the ranks that ORs the row of every kept box into 
 ~5 us). About 3.5 ms for ~1000 candidates spread over ~30 classes, 5 ms for ~3000. The
 matrix grows as the square of a class's candidates, so a very diffuse score map (every
 class near its 1000 cap) costs up to ~1 s an image. The class-offset trick (one matrix
-over all classes) is slower (field notes §6: 25 vs 11 ms at N=1000, 292 vs 14 ms at
-N=3000), and so is a numpy row-by-row greedy loop except on such diffuse maps. The
+over all classes) is slower (measured: 25 vs 11 ms at N=1000, 292 vs 14 ms at N=3000), and so is a numpy row-by-row greedy loop except on such diffuse maps. The
 onnxruntime op is ~100x faster
-still (field notes §6); this module exists for the PyTorch evaluation path and as the
+still; this module exists for the PyTorch evaluation path and as the
 reference the exported graph is tested against.
 """
 

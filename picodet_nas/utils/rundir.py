@@ -1,7 +1,7 @@
 """Run directories: `runs/<command>/<name>/`, never overwritten silently.
 
-One rule for every command that writes a run (field notes §7: resume confusion is the
-most common complaint about detector CLIs):
+One rule for every command that writes a run, so that a run is never resumed or
+overwritten by accident:
 
 * `--out DIR` names the run directory; otherwise it is `runs/<command>/<--name>`, and without
   `--name` a fresh default name (the architecture and a timestamp).
