@@ -110,8 +110,10 @@ def print_curve(curve: list[dict]) -> None:
 def write_result(path: str | None, result: dict) -> None:
     if not path:
         return
-    result = {**result, "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                                    "torch": torch.__version__},
+    from picodet_nas.latency.run_bundle import cpu_model
+
+    result = {**result, "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+                                    "platform": platform.platform(), "torch": torch.__version__},
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(result, indent=2) + "\n")
