@@ -3,9 +3,13 @@
 Both pools take a list of architectures and yield `(arch, result)` pairs as results arrive,
 so the driver records each score the moment it exists.
 
-Ray: each actor is one process holding the supernet once. The weights are
-`ray.put` once, as numpy arrays (zero-copy for the actors), and each actor process receives
-the reference once (`EvolveScorer.setup`); nothing large travels per candidate. Each actor sets
+Ray: each actor is one process holding the supernet once. The weights and the scoring images
+(decoded and preprocessed once, by the driver, for every input size of the search) are
+`ray.put` once, as numpy arrays: Ray's object store keeps one copy per node, which every actor
+of that node maps zero-copy, and each actor process receives the references once
+(`EvolveScorer.setup`); nothing large travels per candidate, and actors read no files, so a
+node needs the installed package but not the data set. With `gpus_per_worker`, each actor asks
+Ray for that share of a GPU (0.5: two actors per GPU) and scores on the GPU Ray gives it. Each actor sets
 `torch.set_num_threads(threads_per_worker)` itself (Ray's OMP_NUM_THREADS only holds for
 fresh worker processes, and 2 actors x 2 threads on 2 cores is 6-8x slower than 2 x 1).
 Candidates are dispatched as actors free up (`ray.wait`), not in fixed batches.
@@ -74,17 +78,25 @@ class EvolveScorer:
     every such actor. The pool calls `setup` once per actor process, after creation and after
     each restart, before the actor gets a candidate."""
 
-    def __init__(self, space_definition: Mapping[str, Any], num_classes: int, data: Mapping[str, Any], threads: int):
+    def __init__(self, space_definition: Mapping[str, Any], num_classes: int, data: Mapping[str, Any], threads: int,
+                 device: str = "cpu"):
         import torch
 
         torch.set_num_threads(threads)  # Ray's OMP_NUM_THREADS holds only for fresh worker processes
-        self.args = (dict(space_definition), num_classes, dict(data), threads)
+        self.args = (dict(space_definition), num_classes, dict(data), threads, device)
         self.scorer: CandidateScorer | None = None
 
-    def setup(self, state: Mapping[str, Any]) -> str:
-        space_definition, num_classes, data, threads = self.args
-        self.scorer = CandidateScorer(space_definition, num_classes, state, data, threads)
+    def setup(self, state: Mapping[str, Any], images: Mapping[str, Any] | None = None) -> str:
+        space_definition, num_classes, data, threads, device = self.args
+        self.scorer = CandidateScorer(space_definition, num_classes, state, data, threads, device=device,
+                                      images=images)
         return self.scorer.worker
+
+    def gpu_ids(self) -> list:
+        """The GPUs Ray assigned to this actor (logical ids)."""
+        import ray
+
+        return list(ray.get_gpu_ids())
 
     def score(self, arch: Mapping[str, Any]) -> dict[str, Any]:
         if self.scorer is None:
@@ -97,27 +109,38 @@ class RayPool:
 
     def __init__(self, session: RaySession, *, workers: int | None, threads_per_worker: int,
                  space_definition: Mapping[str, Any], num_classes: int, state: Mapping[str, Any],
-                 data: ScoringData, log: logging.Logger):
-        """`workers` None: one per CPU of the Ray instance (divided by the threads per worker)."""
+                 data: ScoringData, log: logging.Logger, images: Mapping[str, Any] | None = None,
+                 device: str = "cpu", gpus_per_worker: float = 0.0):
+        """`workers` None: one per CPU of the Ray instance (divided by the threads per worker), or
+        with `gpus_per_worker`, as many as its GPUs hold. `images`: `NetworkScorer.decoded_images`
+        (None: each actor decodes the files of `data` itself)."""
         self.log = log
         self.session = session
         ray = session.ray
         threads = max(1, int(threads_per_worker))
-        self.workers = int(workers) if workers is not None else max(1, session.cpus() // threads)
+        if workers is not None:
+            self.workers = int(workers)
+        elif gpus_per_worker > 0:
+            self.workers = max(1, int(session.gpus() / gpus_per_worker + 1e-9))
+        else:
+            self.workers = max(1, session.cpus() // threads)
         numpy_state = {k: v.detach().cpu().numpy() for k, v in state.items()}
         self._state_ref = ray.put(numpy_state)  # once; every actor maps the same read-only arrays
-        actor_cls = ray.remote(num_cpus=threads, max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=0)(EvolveScorer)
-        self.actors = [actor_cls.remote(dict(space_definition), num_classes, data.to_dict(), threads)
+        self._images_ref = ray.put(images) if images is not None else None
+        actor_cls = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker or 0, max_restarts=ACTOR_MAX_RESTARTS,
+                               max_task_retries=0)(EvolveScorer)
+        self.actors = [actor_cls.remote(dict(space_definition), num_classes, data.to_dict(), threads, device)
                        for _ in range(self.workers)]
         # Actors join the pool as their setup finishes: the first scores while the others load.
         self._starting: dict[Any, tuple[Any, float]] = {}
         for actor in self.actors:
             self._start(actor, time.monotonic())
         self._idle: deque = deque()
-        log.info("%d Ray worker(s), %d thread(s) each", self.workers, threads)
+        log.info("%d Ray worker(s), %d thread(s)%s each, scoring on %s", self.workers, threads,
+                 f" and {gpus_per_worker:g} GPU" if gpus_per_worker else "", device)
 
     def _start(self, actor, since: float) -> None:
-        self._starting[actor.setup.remote(self._state_ref)] = (actor, since)
+        self._starting[actor.setup.remote(self._state_ref, self._images_ref)] = (actor, since)
 
     def score(self, archs: Iterable[Arch]) -> Iterator[tuple[Arch, dict[str, Any]]]:
         ray = self.session.ray

@@ -4,10 +4,11 @@ A `CandidateScorer` lives in one process (a Ray actor, or the driver with `--wor
 scores many candidates, so everything that does not depend on the candidate is done once:
 
 * the supernet is built and loaded once;
-* images are decoded and resized once per input size, lazily, into uint8 caches
-  (`BNCalibration`'s for the calibration images, `EvalCache` for the held-out images): decoding is
-  slower than a small detector's forward pass on a CPU, and a search scores hundreds of
-  candidates on the same images.
+* images are decoded and resized once per input size into uint8 caches (`BNCalibration`'s for
+  the calibration images, `EvalCache` for the held-out images): decoding is slower than a small
+  detector's forward pass on a CPU, and a search scores hundreds of candidates on the same
+  images. In this process they are decoded lazily; Ray workers get them from the driver
+  (`NetworkScorer.decoded_images`, through the object store), so a node holds one copy.
 
 Per candidate: `supernet.extract(arch)` gives the static network with the inherited weights
 (a copy: the shared supernet is never modified), `BNCalibration` (the BN treatment of every
@@ -29,19 +30,22 @@ and keeps `best.yaml` equal to what `nas summary` and `nas retrain` report for t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from pycocotools.coco import COCO
 
 from picodet_nas.arch import Arch
 from picodet_nas.checkpoint import apply_state
-from picodet_nas.data import CocoDetection, EvalCache
+from picodet_nas.data import CalibCache, CocoDetection, EvalCache
 from picodet_nas.engine.bn_calibration import BNCalibration
 from picodet_nas.engine.evaluate import predict_batches
 from picodet_nas.evaluation import coco_evaluate
@@ -87,26 +91,56 @@ def tensors_from(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`auto` (or None): CUDA when this process sees a GPU, else the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 class NetworkScorer:
     """Scores networks on one `ScoringData`: exact BN statistics on its calibration images
     (`BNCalibration`), then COCO mAP on its held-out images; images decoded once per size.
-    The one scoring path of a candidate and of a network trained alone (benchmarks)."""
+    The one scoring path of a candidate and of a network trained alone (benchmarks).
 
-    def __init__(self, data: ScoringData | Mapping[str, Any]):
+    `images`: what `decoded_images` returned in another process (the search's driver): the
+    preprocessed images of every input size and the scored images' annotations. A scorer built
+    from them reads no file, so a Ray worker needs neither the data set nor the driver's paths,
+    and every worker of a node maps the same arrays from Ray's object store instead of decoding
+    its own copy. Without `images`, the files of `data` are read and decoded on first use."""
+
+    def __init__(self, data: ScoringData | Mapping[str, Any], *, device: str | torch.device = "cpu",
+                 images: Mapping[str, Any] | None = None):
         self.data = data if isinstance(data, ScoringData) else ScoringData(**data)
+        self.device = resolve_device(device)
         self._calibration: BNCalibration | None = None
         self._val_set: CocoDetection | None = None
         self._eval: dict[int, EvalCache] = {}
+        self._coco = self._label_to_cat_id = None
+        if images is not None:
+            sizes = images["sizes"]
+            self._eval = {int(k): EvalCache.from_decoded(int(k), _tensor(v["eval"]), v["metas"])
+                          for k, v in sizes.items()}
+            calib = {int(k): CalibCache.from_decoded(int(k), _tensor(v["calib"])) for k, v in sizes.items()}
+            self._calibration = BNCalibration(None, max(len(c) for c in calib.values()), device=self.device,
+                                              caches=calib)
+            self._coco = COCO()
+            self._coco.dataset = images["val_doc"]
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._coco.createIndex()
+            self._label_to_cat_id = list(images["label_to_cat_id"])
 
     @property
     def calibration(self) -> BNCalibration:
         if self._calibration is None:
             calib_set = CocoDetection(self.data.calib_ann, self.data.calib_images)
-            self._calibration = BNCalibration(calib_set, len(calib_set))
+            self._calibration = BNCalibration(calib_set, len(calib_set), device=self.device)
         return self._calibration
 
     def eval_cache(self, size: int) -> EvalCache:
         if size not in self._eval:
+            if self._coco is not None:
+                raise ValueError(f"no scoring images at input size {size} (have {sorted(self._eval)})")
             self._eval[size] = EvalCache(self.val_set, size)
         return self._eval[size]
 
@@ -116,26 +150,47 @@ class NetworkScorer:
             self._val_set = CocoDetection(self.data.val_ann, self.data.val_images)
         return self._val_set
 
+    def decoded_images(self, sizes: Sequence[int]) -> dict[str, Any]:
+        """The preprocessed images of every size in `sizes` and the scored images' annotations,
+        as plain data (numpy arrays, dicts): what `NetworkScorer(data, images=...)` takes."""
+        return {"val_doc": self.val_set.coco.dataset, "label_to_cat_id": list(self.val_set.label_to_cat_id),
+                "sizes": {int(size): {"calib": self.calibration.cache(size).images.numpy(),
+                                      "eval": self.eval_cache(size).images.numpy(),
+                                      "metas": self.eval_cache(size).metas} for size in sizes}}
+
     @torch.no_grad()
     def score(self, model: torch.nn.Module, size: int) -> dict[str, float]:
-        """The twelve COCO numbers of `model` (a static network, on the CPU; its BN statistics are
-        overwritten) at input `size`."""
+        """The twelve COCO numbers of `model` (a static network; moved to the scorer's device, its
+        BN statistics overwritten) at input `size`."""
         held_out = self.eval_cache(size)
+        model.to(self.device)
         self.calibration(model, size)
         model.eval()
-        detections = predict_batches(model, held_out.batches(self.data.batch_size),
-                                     self.val_set.label_to_cat_id, torch.device("cpu"))
-        return coco_evaluate(self.val_set.coco, detections, held_out.image_ids)
+        coco, label_to_cat_id = (self._coco, self._label_to_cat_id) if self._coco is not None else (
+            self.val_set.coco, self.val_set.label_to_cat_id)
+        detections = predict_batches(model, held_out.batches(self.data.batch_size, self.device), label_to_cat_id,
+                                     self.device)
+        return coco_evaluate(coco, detections, held_out.image_ids)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over `array` without a copy (read-only arrays from Ray's object store included:
+    the caches are only read)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 class CandidateScorer:
-    """Scores candidates of one space with the weights of one supernet."""
+    """Scores candidates of one space with the weights of one supernet, on `device` (the supernet
+    itself stays on the CPU, where each candidate is extracted and its FLOPs counted)."""
 
     def __init__(self, space_definition: Mapping[str, Any], num_classes: int, state: Mapping[str, Any],
-                 data: ScoringData | Mapping[str, Any], threads: int | None = 1):
+                 data: ScoringData | Mapping[str, Any], threads: int | None = 1, *,
+                 device: str | torch.device = "cpu", images: Mapping[str, Any] | None = None):
         if threads:
             torch.set_num_threads(int(threads))  # Ray sets OMP_NUM_THREADS only for fresh workers
-        self.scorer = NetworkScorer(data)
+        self.scorer = NetworkScorer(data, device=device, images=images)
         self.data = self.scorer.data
         self.space = SearchSpace.from_dict(dict(space_definition), source="supernet space")
         self.supernet = Supernet(self.space, num_classes)
@@ -152,12 +207,13 @@ class CandidateScorer:
         arch = arch if isinstance(arch, Arch) else Arch.from_dict(arch)
         started = time.perf_counter()
         model = self.supernet.extract(arch)
-        stats = self.scorer.score(model, arch.input_size)
         macs = count_macs(model, arch.input_size)
+        params = count_params(model)
+        stats = self.scorer.score(model, arch.input_size)
         return {
             "map": float(stats["mAP"]),
             "map50": float(stats["mAP50"]),
-            "params": int(count_params(model)),
+            "params": int(params),
             "flops": 2.0 * float(sum(macs.values())),
             "worker": self.worker,
             "score_seconds": round(time.perf_counter() - started, 4),

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -47,7 +48,7 @@ from .operators import Constraint, GenomeSpace
 from .pools import InProcessPool, RayPool, RaySession
 from .proposers import STRATEGIES, make_proposer
 from .report import best_of, plot_pareto, write_best_yaml, write_generations_csv, write_pareto_csv
-from .scoring import CandidateScorer
+from .scoring import CandidateScorer, NetworkScorer
 
 DEFAULT_RUNS_DIR = Path("runs") / "evolve"
 CONFIG_FILE = "config.yaml"
@@ -90,6 +91,8 @@ class EvolveConfig:
     rescore_top: int = 5  # the best K candidates are scored again on more search-split images
     rescore_images: int | None = None  # None: every image of the search split
     tensorboard: bool = False  # also write the best-so-far per generation as TensorBoard scalars
+    device: str = "auto"  # where candidates are scored: auto (CUDA when the driver sees a GPU), cpu, cuda[:N]
+    gpus_per_worker: float | None = None  # Ray workers: share of a GPU each (None: 1 on CUDA, 0 on the CPU)
 
 
 @dataclass
@@ -128,6 +131,30 @@ def _check_settings(cfg: EvolveConfig) -> None:
     need(cfg.batch_size >= 1, "batch-size", "at least 1", cfg.batch_size)
     need(cfg.rescore_top >= 0, "rescore-top", ">= 0 (0: no re-scoring)", cfg.rescore_top)
     need(cfg.rescore_images is None or cfg.rescore_images >= 1, "rescore-images", "at least 1", cfg.rescore_images)
+    need(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", str(cfg.device)) is not None,
+         "device", "auto, cpu, cuda or cuda:N", cfg.device)
+    need(cfg.gpus_per_worker is None or cfg.gpus_per_worker >= 0, "gpus-per-worker", ">= 0", cfg.gpus_per_worker)
+
+
+def scoring_device(cfg: EvolveConfig) -> tuple[str, float]:
+    """(device, GPUs per Ray worker) of a search. `auto` means CUDA when this process sees a GPU;
+    a driver without one can still send Ray workers to a GPU cluster with `--device cuda`."""
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    gpus = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if device.startswith("cuda") else 0.0)
+    if device == "cpu" and gpus > 0:
+        raise UserError(f"--gpus-per-worker {gpus:g} needs --device cuda (the candidates are scored on the CPU)")
+    if device.startswith("cuda"):
+        if cfg.workers == 0 and not torch.cuda.is_available():
+            raise UserError(f"--device {device}: this process sees no GPU (torch.cuda.is_available() is False); "
+                            "use --device cpu, or Ray workers on GPU nodes")
+        if cfg.workers != 0 and gpus <= 0:
+            raise UserError(f"--device {device} with Ray workers needs --gpus-per-worker > 0 (e.g. 0.5: two "
+                            "workers per GPU)")
+        if cfg.workers != 0:
+            device = "cuda"  # inside a worker, Ray's CUDA_VISIBLE_DEVICES makes its GPU cuda:0
+    return device, gpus
 
 
 def file_digest(path: str | Path) -> str:
@@ -278,6 +305,7 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
     """Run (or resume) a search; returns the chosen architecture and where the outputs are."""
     started = time.perf_counter()
     _check_settings(cfg)
+    scoring_device(cfg)  # a device that cannot work fails here, before any input is read
     budget_ms, predictor, state, meta = load_inputs(cfg)
     space = predictor.space
     genomes = GenomeSpace(space, predictor.input_sizes)
@@ -323,7 +351,8 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
                  subsets.val_images, subsets.held_out_total)
 
         # -- the generations
-        pool = _LazyPool(_pool_factory(cfg, session, space.to_dict(), meta["num_classes"], state, subsets, log))
+        pool = _LazyPool(_pool_factory(cfg, session, space.to_dict(), meta["num_classes"], state, subsets,
+                                       predictor.input_sizes, log))
         search = _Search(cfg, history, pool, constraint, log, progress)
         proposer = make_proposer(cfg.strategy, genomes, constraint, population=cfg.population, parents=cfg.parents,
                                  mutations=cfg.mutations, crossovers=cfg.crossovers, mutation_prob=cfg.mutation_prob,
@@ -388,13 +417,28 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
 
 
 def _pool_factory(cfg: EvolveConfig, session: RaySession | None, space_definition: dict, num_classes: int,
-                  state: dict, subsets, log: logging.Logger):
+                  state: dict, subsets, input_sizes, log: logging.Logger):
+    device, gpus = scoring_device(cfg)
     if cfg.workers == 0:
         return lambda: InProcessPool(lambda: CandidateScorer(space_definition, num_classes, state, subsets.data,
-                                                             cfg.threads_per_worker))
-    return lambda: RayPool(session, workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
-                           space_definition=space_definition, num_classes=num_classes, state=state, data=subsets.data,
-                           log=log)
+                                                             cfg.threads_per_worker, device=device))
+
+    def make() -> RayPool:
+        # decoded once here, shared through the object store (one copy per node)
+        images = NetworkScorer(subsets.data).decoded_images(input_sizes)
+        return RayPool(session, workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
+                       space_definition=space_definition, num_classes=num_classes, state=state, data=subsets.data,
+                       log=log, images=images, device=device, gpus_per_worker=gpus)
+
+    return make
+
+
+def _driver_device(cfg: EvolveConfig) -> str:
+    """Where this process scores (the re-scoring): the search's device when this process has it."""
+    import torch
+
+    device = scoring_device(cfg)[0]
+    return device if device == "cpu" or torch.cuda.is_available() else "cpu"
 
 
 def _rescore(cfg: EvolveConfig, history: SearchHistory, subsets, space_definition: dict, num_classes: int,
@@ -427,7 +471,8 @@ def _rescore(cfg: EvolveConfig, history: SearchHistory, subsets, space_definitio
             done = {}
     todo = [c for c in top if c.key not in done]
     if todo:
-        scorer = CandidateScorer(space_definition, num_classes, state, subsets.rescore, cfg.threads_per_worker)
+        scorer = CandidateScorer(space_definition, num_classes, state, subsets.rescore, cfg.threads_per_worker,
+                                 device=_driver_device(cfg))
         for c in todo:
             result = scorer.score(c.arch)
             done[c.key] = {"map": result["map"], "map50": result["map50"], "search_map": c.map}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -369,7 +370,9 @@ def ray_session(tmp_path_factory):
     import tempfile
 
     temp = tempfile.mkdtemp(prefix="nas-ray-test-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False, logging_level="WARNING")
+    # one logical GPU (no device behind it): Ray schedules GPU shares without touching CUDA
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, _temp_dir=temp, log_to_driver=False,
+             logging_level="WARNING")
     yield ray
     ray.shutdown()
     import shutil
@@ -444,6 +447,70 @@ def test_one_ray_worker_gives_the_same_search(ray_session, baseline, toy, tmp_pa
     result = ray_search(toy, tmp_path / "ray1", workers=1)
     assert candidate_sequence(result.run_dir) == candidate_sequence(baseline.run_dir)
     assert result.best.arch == baseline.best.arch
+
+
+def _scoring_inputs(toy, tmp_path):
+    from evolution.data import prepare_subsets
+    from picodet_nas.checkpoint import load_model_weights
+    from picodet_nas.data import resolve_data
+
+    state, meta = load_model_weights(toy.supernet)
+    subsets = prepare_subsets(resolve_data(toy.data), tmp_path / "subsets", calib_images=8, val_images=8, seed=0,
+                              batch_size=8, held_out_ids=meta["search_split"]["held_out_ids"])
+    space = SearchSpace.from_dict(yaml.safe_load(toy.space.read_text()))
+    archs = [space.largest(), space.smallest()]
+    return state, meta, subsets, space, archs
+
+
+def test_half_gpu_workers_share_one_gpu_and_read_no_files(ray_session, toy, tmp_path):
+    """Two actors asking for 0.5 GPU each run side by side on the one (logical) GPU; given the
+    driver's decoded images they score exactly as this process does, with the data files gone."""
+    import logging
+    import shutil
+
+    from evolution.pools import RayPool, RaySession
+    from evolution.scoring import CandidateScorer, NetworkScorer, ScoringData
+
+    state, meta, subsets, space, archs = _scoring_inputs(toy, tmp_path)
+    local = CandidateScorer(space.to_dict(), meta["num_classes"], state, subsets.data)
+    expected = {a.key(): local.score(a)["map"] for a in archs}
+    images = NetworkScorer(subsets.data).decoded_images(sorted({a.input_size for a in archs}))
+    shutil.move(str(tmp_path / "subsets"), str(tmp_path / "moved"))  # the files the scoring data names are gone
+    assert not Path(subsets.data.val_ann).exists()
+    session = RaySession(None, 2, logging.getLogger("test"))
+    pool = RayPool(session, workers=2, threads_per_worker=1, space_definition=space.to_dict(),
+                   num_classes=meta["num_classes"], state=state, data=ScoringData(**subsets.data.to_dict()),
+                   log=logging.getLogger("test"), images=images, device="cpu", gpus_per_worker=0.5)
+    try:
+        scored = {arch.key(): result["map"] for arch, result in pool.score(archs)}
+        gpu_ids = ray_session.get([actor.gpu_ids.remote() for actor in pool.actors], timeout=60)
+    finally:
+        pool.close()
+    assert scored == expected
+    assert [[int(g) for g in ids] for ids in gpu_ids] == [[0], [0]]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(device="cpu", gpus_per_worker=0.5), "--gpus-per-worker 0.5 needs --device cuda"),
+    (dict(device="tpu"), "--device must be auto, cpu, cuda or cuda:N"),
+    (dict(device="cuda", workers=2, gpus_per_worker=0.0), "needs --gpus-per-worker > 0"),
+])
+def test_bad_scoring_device_settings_are_one_line(toy, tmp_path, settings, message):
+    cfg = EvolveConfig(supernet=str(toy.supernet), latency_table=str(toy.table), latency_budget=BUDGET,
+                       data=str(toy.data), out=str(tmp_path / "run"), **{**SMALL, **settings})
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_evolve(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cuda_in_this_process_without_a_gpu_is_refused(toy, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = EvolveConfig(supernet=str(toy.supernet), latency_table=str(toy.table), latency_budget=BUDGET,
+                       data=str(toy.data), out=str(tmp_path / "run"), workers=0, device="cuda", **SMALL)
+    with pytest.raises(UserError, match="this process sees no GPU"):
+        run_evolve(cfg, progress=False)
 
 
 # ---------------------------------------------------------------------------- nsga2

@@ -92,8 +92,15 @@ def register(sub) -> None:
     ray.add_argument("--address", default=None,
                      help="Ray cluster to join ('auto' or host:port; default: the RAY_ADDRESS environment "
                           "variable, else a local Ray instance for this search only, without dashboard). Every node "
-                          "needs picodet-nas installed and the --data folder at the same path; clusters with token "
-                          "authentication need RAY_AUTH_TOKEN here")
+                          "needs the same picodet-nas installed; the scoring images travel through Ray's object "
+                          "store, so only this machine reads --data; clusters with token authentication need "
+                          "RAY_AUTH_TOKEN here")
+    ray.add_argument("--device", default="auto",
+                     help="where candidates are scored: auto (CUDA when this machine has a GPU), cpu, cuda, cuda:N "
+                          "(default: auto)")
+    ray.add_argument("--gpus-per-worker", type=float, default=None, metavar="F",
+                     help="share of a GPU each Ray worker asks for, e.g. 0.5 for two workers per GPU (default: 1 "
+                          "with --device cuda; the default --workers then fills the cluster's GPUs)")
 
     out = p.add_argument_group("run")
     out.add_argument("--name", help="run name: the run folder is runs/evolve/NAME "
@@ -123,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume, out=args.out, name=args.name, calib_images=args.calib_images, val_images=args.val_images,
         batch_size=args.batch_size, data_seed=args.data_seed, references=args.references,
         rescore_top=args.rescore_top, rescore_images=args.rescore_images, tensorboard=args.tensorboard,
+        device=args.device, gpus_per_worker=args.gpus_per_worker,
     )
     result = run_evolve(cfg, progress=args.progress)
     print(result.summary)

@@ -262,6 +262,13 @@ class EvalCache:
         self.size = size
         self.images, self.metas = decode_resized(dataset, size, fixed_subset(len(dataset), num_images, seed), workers)
 
+    @classmethod
+    def from_decoded(cls, size: int, images: torch.Tensor, metas: Sequence[dict]) -> "EvalCache":
+        """A cache of images decoded elsewhere (uint8 [N, 3, size, size] and their metas)."""
+        cache = cls.__new__(cls)
+        cache.size, cache.images, cache.metas = size, images, list(metas)
+        return cache
+
     def __len__(self) -> int:
         return len(self.metas)
 
@@ -302,6 +309,13 @@ class CalibCache:
             if seen >= num_images:
                 break
         self.images = torch.cat(chunks)
+
+    @classmethod
+    def from_decoded(cls, size: int, images: torch.Tensor) -> "CalibCache":
+        """A cache of images preprocessed elsewhere (uint8 [N, 3, size, size])."""
+        cache = cls.__new__(cls)
+        cache.size, cache.images = size, images
+        return cache
 
     def __len__(self) -> int:
         return len(self.images)

@@ -15,6 +15,8 @@ search; so a stand-alone network and a subnet are scored alike.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
@@ -26,18 +28,24 @@ CALIB_BATCH_SIZE = 32
 
 
 class BNCalibration:
-    def __init__(self, dataset: CocoDetection, num_images: int, *, seed: int = 0,
-                 device: torch.device | str = "cpu", workers: int = 0, interp: str = "batch"):
+    """`dataset`: the training images, decoded per input size on first use; None when `caches`
+    (already preprocessed images per size, e.g. from another process) hold every size asked for."""
+
+    def __init__(self, dataset: CocoDetection | None, num_images: int, *, seed: int = 0,
+                 device: torch.device | str = "cpu", workers: int = 0, interp: str = "batch",
+                 caches: Mapping[int, CalibCache] | None = None):
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         self.dataset, self.num_images, self.seed = dataset, num_images, seed
         self.device, self.workers = torch.device(device), workers
         self.interp = interp
-        self._caches: dict[int, CalibCache] = {}
+        self._caches: dict[int, CalibCache] = dict(caches or {})
 
     def cache(self, size: int) -> CalibCache:
         """The calibration images at `size`, decoded on first use."""
         if size not in self._caches:
+            if self.dataset is None:
+                raise ValueError(f"no calibration images at input size {size} (have {sorted(self._caches)})")
             self._caches[size] = CalibCache(self.dataset, size, num_images=self.num_images, seed=self.seed,
                                             workers=self.workers, interp=self.interp)
         return self._caches[size]

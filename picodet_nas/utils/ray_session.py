@@ -66,6 +66,9 @@ class RaySession:
     def cpus(self) -> int:
         return int(self.ray.cluster_resources().get("CPU", 1))
 
+    def gpus(self) -> float:
+        return float(self.ray.cluster_resources().get("GPU", 0))
+
     def close(self) -> None:
         if self.owned:
             self.ray.shutdown()
