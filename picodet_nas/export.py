@@ -103,7 +103,7 @@ class DetectModel(nn.Module):
 
     def _graph_postprocess(self, cls_logits, reg_logits, priors, counts, hw, scale_factor):
         cfg = self.cfg
-        scores, boxes = decode(cls_logits[None], reg_logits[None], priors, max_shape=hw)
+        scores, boxes = decode(cls_logits[None], reg_logits[None], priors, max_shape=hw if cfg.clip else None)
         keep = select_per_level(scores[0], counts, cfg.nms_pre)
         scores, boxes = scores[0, keep], boxes[0, keep]
         if scale_factor is not None:
