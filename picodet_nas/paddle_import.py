@@ -34,6 +34,7 @@ import torch
 from . import __version__
 from .arch import NUM_BLOCKS, REG_MAX, STRIDES, Arch, block_is_downsample, block_stage
 from .checkpoint import save_checkpoint
+from .data.transforms import PADDLE_EVAL_PREPROCESSING
 from .errors import CheckpointError, UserError
 from .models import build_model
 
@@ -290,7 +291,7 @@ def import_paddle(path: str | Path, arch: Arch, *, backbone_only: bool = False,
         meta = {"kind": "backbone", "arch": arch.to_dict(), "input_size": arch.input_size, "version": __version__}
     else:
         names_, ids = _classes(num_classes, class_names, path)
-        meta = classes_meta(arch, names_, ids)
+        meta = classes_meta(arch, names_, ids, preprocessing=PADDLE_EVAL_PREPROCESSING)
     meta["imported_from"] = source
     return Imported(state=state, meta=meta, dropped=dropped)
 

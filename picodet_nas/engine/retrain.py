@@ -38,7 +38,7 @@ from .distributed import DistInfo, init_distributed, resolve_device, shutdown_di
 from .evaluate import EVAL_BATCH_SIZE, CocoEvaluator, evaluate_coco
 from .plan import StaticPlan
 from .pretrained import Pretrained, initial_state
-from .trained import load_trained_model, model_meta
+from .trained import load_trained_model, model_meta, resize_filter
 from .session import (close_logging, load_resume_checkpoint, load_split, load_train_val, open_run,
                       resumed_config, setup_logging, write_run_config)
 from .state import seed_everything
@@ -363,7 +363,8 @@ def evaluate_checkpoint(arch_spec: str | Path | Arch | None, weights: str | Path
     run = prepare_run_dir("eval", out=out, name=name, default_name=default_run_name(stem))
     t0 = time.perf_counter()
     coco = evaluate_coco(model.to(dev), dataset, model.arch.input_size, device=dev, batch_size=batch_size,
-                         workers=data_workers(workers, dev), label_to_cat_id=mapping, progress=True)
+                         workers=data_workers(workers, dev), label_to_cat_id=mapping, progress=True,
+                         resize_filter=resize_filter(meta))
     from ..summary import summarize
 
     info = summarize(model.arch, num_classes=meta["num_classes"], model=model.cpu())
