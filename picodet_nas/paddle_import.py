@@ -296,11 +296,16 @@ def import_paddle(path: str | Path, arch: Arch, *, backbone_only: bool = False,
     return Imported(state=state, meta=meta, dropped=dropped)
 
 
-def write_imported(imported: Imported, out: str | Path) -> Path:
-    """Write the model file (the project's checkpoint format, loadable with weights_only=True)."""
+def check_out_path(out: str | Path) -> Path:
     out = Path(out)
     if out.suffix.lower() not in (".pt", ".pth"):
         raise UserError(f"--out {out}: a model file ends in .pt")
+    return out
+
+
+def write_imported(imported: Imported, out: str | Path) -> Path:
+    """Write the model file (the project's checkpoint format, loadable with weights_only=True)."""
+    out = check_out_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, imported.state, imported.meta)
     return out

@@ -143,6 +143,7 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
         raise UserError("--bn-freeze-epochs is for nas retrain only: a supernet's BN statistics belong to no one "
                         "subnet (each candidate's are recalibrated when it is scored)")
     space = load_space(space_spec)
+    subnet = pretrained_subnet(space, init) if init is not None else None  # refused before anything is written
     sn_given = {k: options.pop(k) for k in ("strategy", "num_random", "search_fraction") if k in options}
     sn_options = _supernet_options(sn_given)
     fresh_cfg = TrainConfig.for_arch(space.base, input_size=max(space.input_sizes), **options)
@@ -174,7 +175,6 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
     seed_everything(cfg.seed)
     model = Supernet(space, train_set.num_classes)
     if init is not None and ckpt is None:
-        subnet = pretrained_subnet(space, init)
         state, notes = initial_state(init, subnet, model.extract(subnet).state_dict(), train_set.class_names)
         embed_weights(model, subnet, state)
         model.set_active(space.largest())

@@ -37,8 +37,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..arch import resolve_arch
-    from ..paddle_import import import_paddle, write_imported
+    from ..paddle_import import check_out_path, import_paddle, write_imported
 
+    check_out_path(args.out)
     arch = resolve_arch(args.arch, args.input_size)
     names = None if args.class_names is None else [n.strip() for n in args.class_names.split(",") if n.strip()]
     imported = import_paddle(args.file, arch, backbone_only=args.backbone_only, class_names=names,

@@ -217,7 +217,7 @@ def initial_weights(values: dict[str, Any], arch_spec: str):
     return InitialWeights(state, str(path), meta.get("label_to_cat_id"))
 
 
-def read_init_file(value: str):
+def read_init_file(value: str, expected: str = "a model file (.pt)"):
     """The model file of `--init MODEL.pt` (`engine.pretrained.read_pretrained`)."""
     from pathlib import Path
 
@@ -225,14 +225,14 @@ def read_init_file(value: str):
     from ..errors import UserError
 
     if not Path(value).is_file():
-        raise UserError(f"--init {value}: expected scratch, supernet or a model file (.pt), and there is no such file")
+        raise UserError(f"--init {value}: expected {expected}, and there is no such file")
     return read_pretrained(value)
 
 
 def pretrained_init(value: str):
     from ..engine.retrain import InitialWeights
 
-    pre = read_init_file(value)
+    pre = read_init_file(value, "scratch, supernet or a model file (.pt)")
     return InitialWeights({}, str(pre.path), kind="pretrained", pretrained=pre)
 
 

@@ -11,8 +11,9 @@ A search result (`best.yaml`) brings more: its predicted latency and budget go i
 machine exactly as that table was measured (`measured_latency_ms`, `latency_ratio`,
 `budget_met`). `InitialWeights` start the training from other weights than the builder's
 (`nas retrain --init supernet`: the supernet's, given by the command line, which alone may
-see the supernet package; `--init model.pt`: a model file's, `engine.pretrained`), and `SweepSettings` (`--sweep N`, `engine.sweep`) choose the
-learning rate and weight decay with Ray Tune before the final training.
+see the supernet package; `--init model.pt`: a model file's, `engine.pretrained`), and
+`SweepSettings` (`--sweep N`, `engine.sweep`) choose the learning rate and weight decay with
+Ray Tune before the final training.
 """
 
 from __future__ import annotations
