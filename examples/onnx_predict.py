@@ -1,4 +1,5 @@
-"""Run an exported picodet-nas model on images with numpy, Pillow and ONNX Runtime alone.
+"""Run an exported picodet-nas model on images with numpy, Pillow and ONNX Runtime alone (and
+OpenCV for a model imported from PaddleDetection, whose preprocessing resizes with it).
 
 Everything the model needs is read from the ONNX file's metadata (written by `nas export` and
 `nas retrain`): the input size, the preprocessing, the class names and dataset category ids.
@@ -36,7 +37,12 @@ def preprocess(path: str, meta: dict) -> tuple[np.ndarray, tuple[int, int]]:
     with Image.open(path) as img:
         rgb = img.convert("RGB")
     width, height = rgb.size
-    resized = np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    if pre.get("resize_filter") == "opencv":  # a model imported from PaddleDetection: OpenCV's bicubic
+        import cv2
+
+        resized = cv2.resize(np.asarray(rgb), (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    else:
+        resized = np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
     x = (resized * pre["scale"] - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)
     return x.transpose(2, 0, 1)[None].astype(np.float32), (height, width)
 

@@ -103,7 +103,7 @@ class DetectModel(nn.Module):
 
     def _graph_postprocess(self, cls_logits, reg_logits, priors, counts, hw, scale_factor):
         cfg = self.cfg
-        scores, boxes = decode(cls_logits[None], reg_logits[None], priors, max_shape=hw)
+        scores, boxes = decode(cls_logits[None], reg_logits[None], priors, max_shape=hw if cfg.clip else None)
         keep = select_per_level(scores[0], counts, cfg.nms_pre)
         scores, boxes = scores[0, keep], boxes[0, keep]
         if scale_factor is not None:
@@ -131,7 +131,7 @@ def onnx_metadata(model: PicoDet, meta: Mapping[str, Any] | None, *, postprocess
         "class_names": names,
         "category_ids": meta.get("label_to_cat_id") or list(range(model.num_classes)),
         "input_size": model.arch.input_size,
-        "preprocessing": EVAL_PREPROCESSING,
+        "preprocessing": meta.get("preprocessing", EVAL_PREPROCESSING),
         "arch": model.arch.to_dict(),
         "outputs": ("boxes [K,4] xyxy, scores [K], classes [K] (indices into class_names)" if postprocess else
                     "per level i: scores_i [B,HW,C] sigmoid, dists_i [B,HW,4*(reg_max+1)] box-distribution logits"),

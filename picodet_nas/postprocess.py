@@ -14,11 +14,17 @@ from .ops.nms import multiclass_nms
 
 @dataclass(frozen=True)
 class NMSConfig:
+    """The post-processing settings. The defaults (`EVAL_NMS`) keep the best `nms_pre` priors of
+    each level and clip the boxes to the network input before NMS; `nms_pre=None, clip=False`
+    sends every prior, unclipped, to NMS, as later PaddleDetection releases of the legacy
+    PicoHead do (same thresholds)."""
+
     score_thr: float = 0.025
     iou_thr: float = 0.6
-    nms_pre: int = 1000  # per level, by max class score, before NMS
+    nms_pre: int | None = 1000  # per level, by max class score, before NMS; None: every prior
     nms_top_k: int = 1000  # per class
     keep_top_k: int = 100
+    clip: bool = True  # clip decoded boxes to the network input
 
 
 EVAL_NMS = NMSConfig()
@@ -32,9 +38,11 @@ def decode(cls_logits: torch.Tensor, reg_logits: torch.Tensor, priors: torch.Ten
     return cls_logits.sigmoid(), boxes
 
 
-def select_per_level(scores: torch.Tensor, sizes: list[int], nms_pre: int) -> torch.Tensor:
+def select_per_level(scores: torch.Tensor, sizes: list[int], nms_pre: int | None) -> torch.Tensor:
     """Indices of the priors kept before NMS: the `nms_pre` best (by max class score) of each
-    level. `scores` is [N, C] for one image; returns a sorted index tensor."""
+    level (None: all of them). `scores` is [N, C] for one image; returns a sorted index tensor."""
+    if nms_pre is None:
+        return torch.arange(scores.shape[0], device=scores.device)
     keep, start = [], 0
     max_scores = scores.max(dim=1).values
     for n in sizes:
@@ -53,10 +61,10 @@ def postprocess(cls_logits: torch.Tensor, reg_logits: torch.Tensor, priors: torc
                 scale_factors: torch.Tensor | None = None, cfg: NMSConfig = EVAL_NMS):
     """Per image: (boxes [K, 4] xyxy, scores [K], labels [K]).
 
-    Boxes are clipped to the network input, then divided by the image's scale factors
+    Boxes are clipped to the network input (unless `cfg.clip` is off), then divided by the image's scale factors
     (sx, sy) = input / original, so they come back in original-image pixels.
     """
-    scores, boxes = decode(cls_logits, reg_logits, priors, max_shape=input_hw)
+    scores, boxes = decode(cls_logits, reg_logits, priors, max_shape=input_hw if cfg.clip else None)
     results = []
     for b in range(scores.shape[0]):
         keep = select_per_level(scores[b], level_counts, cfg.nms_pre)

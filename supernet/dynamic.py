@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from picodet_nas.models.layers import ConvBN, DPModule, SqueezeExcite
+from picodet_nas.models.layers import ConvBN, DPModule, HardSigmoid, SqueezeExcite
 
 Ranges = tuple[tuple[int, int], ...]
 Channels = Union[int, Ranges]  # an int n is the prefix [0, n)
@@ -316,7 +316,7 @@ class DynamicSE(nn.Module):
         self.reduce = DynamicConv2d(max_channels, hidden, bias=True)
         self.relu = nn.ReLU()
         self.expand = DynamicConv2d(hidden, max_channels, bias=True)
-        self.gate = nn.Hardsigmoid()
+        self.gate = HardSigmoid()
 
     def set_active(self, channels: Channels | None = None) -> None:
         ranges = as_ranges(self.reduce.in_channels if channels is None else channels, self.reduce.in_channels)

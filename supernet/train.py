@@ -33,6 +33,7 @@ from picodet_nas.engine.config import TrainConfig
 from picodet_nas.engine.distributed import init_distributed, on_main, shutdown_distributed
 from picodet_nas.engine.evaluate import evaluate_coco
 from picodet_nas.engine.plan import NetworkPass
+from picodet_nas.engine.pretrained import Pretrained, initial_state
 from picodet_nas.engine.session import (close_logging, load_resume_checkpoint, load_split, load_train_val,
                                         open_run, resumed_config, setup_logging, write_run_config)
 from picodet_nas.engine.state import seed_everything
@@ -41,6 +42,7 @@ from picodet_nas.errors import UserError
 from picodet_nas.space import SearchSpace, load_space
 from picodet_nas.utils.rundir import default_run_name
 
+from .inherit import embed_weights, pretrained_subnet
 from .sampling import STRATEGIES, SubnetSampler
 from .supernet import Supernet
 
@@ -119,25 +121,29 @@ def _check_resume(space: SearchSpace, ckpt: Mapping[str, Any], given: Mapping[st
 
 
 def train_supernet(space_spec: str | Path, data: str | Path, *, options: Mapping[str, Any] | None = None,
-                   out: str | None = None, name: str | None = None, resume: Any = None) -> dict[str, Any] | None:
+                   out: str | None = None, name: str | None = None, resume: Any = None,
+                   init: Pretrained | None = None) -> dict[str, Any] | None:
     """Train the supernet of `space_spec` on `data`. `options`: `TrainConfig` fields plus
-    `strategy`, `num_random` and `search_fraction` (None = default). Returns a summary on rank 0."""
+    `strategy`, `num_random` and `search_fraction` (None = default). `init`: a model file whose
+    network (a subnet of the space, or its backbone) the supernet starts from; ignored when
+    resuming. Returns a summary on rank 0."""
     options = {k: v for k, v in (options or {}).items() if v is not None}
     dist_info = init_distributed(options.get("device", "auto"))
     try:
-        return _train_supernet(space_spec, data, options, out, name, resume, dist_info)
+        return _train_supernet(space_spec, data, options, out, name, resume, dist_info, init)
     finally:
         close_logging()
         shutdown_distributed()
 
 
-def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
+def _train_supernet(space_spec, data, options, out, name, resume, dist_info, init=None):
     if options.get("distill") and (options.get("strategy") or DEFAULT_STRATEGY) != "sandwich":
         raise UserError("--distill needs --strategy sandwich: the largest subnet of each step teaches the others")
     if options.get("bn_freeze_epochs"):
         raise UserError("--bn-freeze-epochs is for nas retrain only: a supernet's BN statistics belong to no one "
                         "subnet (each candidate's are recalibrated when it is scored)")
     space = load_space(space_spec)
+    subnet = pretrained_subnet(space, init) if init is not None else None  # refused before anything is written
     sn_given = {k: options.pop(k) for k in ("strategy", "num_random", "search_fraction") if k in options}
     sn_options = _supernet_options(sn_given)
     fresh_cfg = TrainConfig.for_arch(space.base, input_size=max(space.input_sizes), **options)
@@ -168,6 +174,13 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
 
     seed_everything(cfg.seed)
     model = Supernet(space, train_set.num_classes)
+    if init is not None and ckpt is None:
+        state, notes = initial_state(init, subnet, model.extract(subnet).state_dict(), train_set.class_names)
+        embed_weights(model, subnet, state)
+        model.set_active(space.largest())
+        log.info(f"starting from the weights of {init.path}, written into the supernet's slices of {subnet.key()}")
+        for note in notes:
+            log.info(note)
     # The space's definition travels with the weights, so that `nas retrain --init supernet` can
     # rebuild the supernet from the checkpoint alone.
     meta = {**model.checkpoint_meta(), "space_definition": space.to_dict(), "class_names": list(train_set.class_names),
@@ -177,6 +190,7 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
         write_run_config(run.path, {"command": "train-supernet", "space": space.to_dict(),
                                     "space_fingerprint": space.fingerprint, "data": str(data),
                                     "world_size": dist_info.world_size, "peak_lr": cfg.peak_lr(dist_info.world_size),
+                                    **({"init_from": str(init.path)} if init is not None and ckpt is None else {}),
                                     **sn_options, "train": cfg.to_dict()})
     sampler = SubnetSampler(space, sn_options["strategy"], seed=cfg.seed, num_random=sn_options["num_random"])
     calibration = BNCalibration(train_set, cfg.calib_images or DEFAULT_CALIB_IMAGES, seed=cfg.seed,

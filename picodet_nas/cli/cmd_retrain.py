@@ -121,7 +121,8 @@ def register(sub) -> None:
         help="train an architecture with the full PicoDet recipe, evaluate and export it",
         description="Train a PicoDet architecture (a preset, an architecture YAML, or a search result's "
         "best.yaml) with the published recipe: SGD, warm-up and cosine LR, cycle-EMA, multi-scale training, "
-        "from scratch or (--init supernet) from the weights it inherits from the search's supernet. Evaluates "
+        "from scratch, (--init supernet) from the weights it inherits from the search's supernet, or (--init "
+        "MODEL.pt) from a model file such as nas import-paddle writes. Evaluates "
         "every --eval-interval epochs (best.pt), checkpoints every epoch (last.pt, resumable exactly), then writes "
         "model.pt (EMA weights), model.onnx and metrics.json. A search result's model is timed on this machine "
         "the way its latency table was measured (measured vs predicted latency, budget met or not). --sweep N "
@@ -131,9 +132,11 @@ def register(sub) -> None:
     p.add_argument("arch", help="a preset (picodet-s, picodet-m, picodet-l) or an architecture YAML (e.g. best.yaml)")
     p.add_argument("--input-size", type=int, help="train and evaluate at this input size (default: the architecture's)")
     add_training_flags(p, "retrain")
-    p.add_argument("--init", choices=("scratch", "supernet"),
-                   help="initial weights: scratch (default: the builder's initialisation) or supernet (the weights "
-                        "the architecture inherits from the supernet it was searched with)")
+    p.add_argument("--init", metavar="scratch|supernet|MODEL.pt",
+                   help="initial weights: scratch (default: the builder's initialisation), supernet (the weights "
+                        "the architecture inherits from the supernet it was searched with) or a model file of the "
+                        "same architecture, e.g. from nas import-paddle (fine-tuning: classes other than the "
+                        "file's get a fresh classifier) or of its backbone alone")
     p.add_argument("--supernet", metavar="CKPT",
                    help="supernet checkpoint for --init supernet (default: the one best.yaml's provenance names); "
                         "it must be of the space best.yaml was searched in")
@@ -188,13 +191,17 @@ def run(args: argparse.Namespace) -> int:
 
 def initial_weights(values: dict[str, Any], arch_spec: str):
     """`--init supernet`: the weights the architecture inherits from the supernet (the command
-    line is the one place that may use the supernet package), checked against best.yaml's space."""
+    line is the one place that may use the supernet package), checked against best.yaml's space;
+    `--init MODEL.pt`: a model file's weights (`engine.pretrained`)."""
     from ..errors import UserError
 
-    if values.get("init", "scratch") == "scratch":
-        if values.get("supernet"):
-            raise UserError("--supernet gives the weights of --init supernet; add --init supernet or leave it out")
+    init = values.get("init", "scratch")
+    if init != "supernet" and values.get("supernet"):
+        raise UserError("--supernet gives the weights of --init supernet; add --init supernet or leave it out")
+    if init == "scratch":
         return None
+    if init != "supernet":
+        return pretrained_init(init)
     from supernet.inherit import inherited_weights
 
     from ..arch import resolve_arch
@@ -208,6 +215,25 @@ def initial_weights(values: dict[str, Any], arch_spec: str):
     fingerprint = search.space.get("fingerprint") if search is not None else None
     state, meta = inherited_weights(path, arch, space_fingerprint=fingerprint, arch_source=str(arch_spec))
     return InitialWeights(state, str(path), meta.get("label_to_cat_id"))
+
+
+def read_init_file(value: str, expected: str = "a model file (.pt)"):
+    """The model file of `--init MODEL.pt` (`engine.pretrained.read_pretrained`)."""
+    from pathlib import Path
+
+    from ..engine.pretrained import read_pretrained
+    from ..errors import UserError
+
+    if not Path(value).is_file():
+        raise UserError(f"--init {value}: expected {expected}, and there is no such file")
+    return read_pretrained(value)
+
+
+def pretrained_init(value: str):
+    from ..engine.retrain import InitialWeights
+
+    pre = read_init_file(value, "scratch, supernet or a model file (.pt)")
+    return InitialWeights({}, str(pre.path), kind="pretrained", pretrained=pre)
 
 
 def _sweep_settings(values: dict[str, Any]):

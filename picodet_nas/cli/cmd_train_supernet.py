@@ -1,10 +1,10 @@
-"""nas train-supernet --space SPACE --data DIR [-c CONFIG] [--strategy uniform|sandwich] [--epochs N] ..."""
+"""nas train-supernet --space SPACE --data DIR [-c CONFIG] [--strategy uniform|sandwich] [--init MODEL.pt] [--epochs N] ..."""
 
 from __future__ import annotations
 
 import argparse
 
-from .cmd_retrain import TRAIN_OPTIONS, add_training_flags, merged_options
+from .cmd_retrain import TRAIN_OPTIONS, add_training_flags, merged_options, read_init_file
 
 
 def register(sub) -> None:
@@ -28,6 +28,11 @@ def register(sub) -> None:
     p.add_argument("--search-fraction", type=float, metavar="F",
                    help="fraction of the training images held out from supernet training as the search split, "
                         "on which subnets and search candidates are scored (default: 0.1)")
+    p.add_argument("--init", metavar="MODEL.pt",
+                   help="start from a pretrained network of the space (a model file, e.g. from nas import-paddle): "
+                        "its weights go into the supernet's slices of that subnet; a backbone-only file fills the "
+                        "backbone of the largest network with its channel ratios (default: the builder's "
+                        "initialisation)")
     p.set_defaults(handler=run, parser=p)
 
 
@@ -41,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
         if not values.get(key):
             raise UserError(f"--{key} is required (on the command line or in the -c config file)")
     options = {k: values[k] for k in (*TRAIN_OPTIONS, "strategy", "num_random", "search_fraction", "distill") if k in values}
+    init = read_init_file(values["init"]) if values.get("init") else None
     summary = train_supernet(values["space"], values["data"], options=options, out=values.get("out"),
-                             name=values.get("name"), resume=args.resume)
+                             name=values.get("name"), resume=args.resume, init=init)
     if summary is not None:
         scores = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
         print(f"{summary['run_dir']}: {summary['epochs']} epochs, {summary['wall_time_s']:.0f} s  {scores}")

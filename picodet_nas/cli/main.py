@@ -14,7 +14,7 @@ import sys
 from ..errors import UserError
 
 COMMANDS = ("quickstart", "make-dataset", "train-supernet", "evolve", "retrain", "eval", "predict", "summary", "export",
-            "profile-device")
+            "profile-device", "import-paddle")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -176,10 +176,12 @@ def build_train_loader(
 class EvalSamples(Dataset):
     """Images resized for evaluation, as uint8 HxWx3, with what is needed to map boxes back."""
 
-    def __init__(self, dataset: CocoDetection, size: int, indices: Sequence[int] | None = None):
+    def __init__(self, dataset: CocoDetection, size: int, indices: Sequence[int] | None = None,
+                 resize_filter: str = "pillow"):
         self.dataset = dataset
         self.size = size
         self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        self.resize_filter = resize_filter
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -187,7 +189,7 @@ class EvalSamples(Dataset):
     def __getitem__(self, position: int) -> tuple[np.ndarray, dict]:
         index = self.indices[position]
         image = self.dataset.load_image(index)
-        resized, scale = eval_resize(image, self.size)
+        resized, scale = eval_resize(image, self.size, self.resize_filter)
         meta = {
             "image_id": self.dataset.image_ids[index],
             "scale_factor": scale,
@@ -205,14 +207,15 @@ def collate_normalized(items: list[tuple[np.ndarray, dict]]) -> tuple[torch.Tens
     return normalize(images), metas
 
 
-def build_eval_loader(dataset: CocoDetection, size: int, batch_size: int, workers: int) -> DetectionLoader:
+def build_eval_loader(dataset: CocoDetection, size: int, batch_size: int, workers: int,
+                      resize_filter: str = "pillow") -> DetectionLoader:
     """Every image in dataset order: (images float32 [B,3,S,S], metas).
 
     Each meta holds `image_id`, `scale_factor` (sx, sy) and `orig_size` (h, w); a box
     on the network input maps back to the original image as x / sx, y / sy.
     """
     return DetectionLoader(
-        EvalSamples(dataset, size),
+        EvalSamples(dataset, size, resize_filter=resize_filter),
         batch_size=batch_size,
         collate_fn=collate_normalized,
         num_workers=workers,

@@ -29,11 +29,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # (`eval_resize`, then `normalize`).
 EVAL_PREPROCESSING = {
     "resize": "straight to input_size x input_size (aspect ratio not kept), bicubic",
+    "resize_filter": "pillow",
     "channel_order": "RGB",
     "layout": "NCHW",
     "scale": 1 / 255,
     "mean": list(IMAGENET_MEAN),
     "std": list(IMAGENET_STD),
+}
+# The evaluation resize filters: Pillow's bicubic (antialiased when shrinking; what this package
+# trains and evaluates with) and OpenCV's INTER_CUBIC (not antialiased; what PaddleDetection
+# evaluates with, so the preprocessing of models imported from it).
+EVAL_RESIZE_FILTERS = ("pillow", "opencv")
+PADDLE_EVAL_PREPROCESSING = {
+    **EVAL_PREPROCESSING,
+    "resize": "straight to input_size x input_size (aspect ratio not kept), bicubic as OpenCV's INTER_CUBIC "
+              "(not antialiased)",
+    "resize_filter": "opencv",
 }
 CROP_THRESHOLDS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
 # Pillow's counterparts of OpenCV's {nearest, linear, area, cubic, lanczos4}; BOX plays INTER_AREA.
@@ -305,10 +316,25 @@ class BatchRandomResize:
         return to_nchw(resized), scaled
 
 
-def eval_resize(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float]]:
+def resize_square_cubic(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """`resize_square` with OpenCV's INTER_CUBIC: the 4x4 cubic kernel (a = -0.75) sampled at
+    the half-pixel-aligned source position, edges replicated, no antialiasing when shrinking,
+    rounded back to uint8."""
+    height, width = image.shape[:2]
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    y = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
+    resized = y[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return resized, (size / width, size / height)
+
+
+def eval_resize(image: np.ndarray, size: int, resize_filter: str = "pillow") -> tuple[np.ndarray, tuple[float, float]]:
     """Evaluation preprocessing: straight to size x size with bicubic; (sx, sy) maps boxes back.
 
     A box predicted on the network input maps to the original image as
-    x / sx, y / sy.
+    x / sx, y / sy. `resize_filter`: one of `EVAL_RESIZE_FILTERS`.
     """
+    if resize_filter == "opencv":
+        return resize_square_cubic(image, size)
+    if resize_filter != "pillow":
+        raise ValueError(f"resize_filter must be one of {EVAL_RESIZE_FILTERS}, got {resize_filter!r}")
     return resize_square(image, size, EVAL_INTERPOLATION)

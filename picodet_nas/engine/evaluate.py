@@ -62,14 +62,16 @@ def predict_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, list
 
 def evaluate_coco(model: nn.Module, dataset: CocoDetection, input_size: int, *, device: torch.device | str = "cpu",
                   batch_size: int = EVAL_BATCH_SIZE, workers: int = 0, amp_dtype: torch.dtype | None = None,
-                  label_to_cat_id: Sequence[int] | None = None, progress: bool = False) -> dict[str, float]:
+                  label_to_cat_id: Sequence[int] | None = None, progress: bool = False,
+                  resize_filter: str = "pillow") -> dict[str, float]:
     """The twelve COCO bbox numbers of `model` on every image of `dataset` at `input_size`.
 
     `label_to_cat_id` maps the model's labels to the dataset's category ids (default: the
     dataset's own mapping, right when the model was trained on the same categories).
+    `resize_filter`: the evaluation resize (`data.transforms.EVAL_RESIZE_FILTERS`).
     """
     device = torch.device(device)
-    loader = build_eval_loader(dataset, input_size, batch_size, workers)
+    loader = build_eval_loader(dataset, input_size, batch_size, workers, resize_filter)
     mapping = dataset.label_to_cat_id if label_to_cat_id is None else label_to_cat_id
     detections = predict_batches(model, loader, mapping, device, amp_dtype, progress, total=len(loader))
     return coco_evaluate(dataset.coco, detections, dataset.image_ids)

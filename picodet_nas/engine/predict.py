@@ -23,6 +23,7 @@ from ..errors import DataError
 from ..postprocess import EVAL_NMS
 from ..utils.io import atomic_write_json
 from .evaluate import detect
+from .trained import resize_filter
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DETECTIONS_FILE = "detections.json"
@@ -91,7 +92,7 @@ def predict_images(model: torch.nn.Module, meta: dict[str, Any], images: Sequenc
     records, used = [], set()
     for path in images:
         image = read_image(path)
-        resized, scale = eval_resize(image, size)
+        resized, scale = eval_resize(image, size, resize_filter(meta))
         batch = normalize(to_nchw([resized])).to(device)
         boxes, scores, labels = detect(model, batch, torch.tensor([scale], dtype=torch.float32, device=device),
                                        nms=nms)[0]

@@ -11,15 +11,16 @@ A search result (`best.yaml`) brings more: its predicted latency and budget go i
 machine exactly as that table was measured (`measured_latency_ms`, `latency_ratio`,
 `budget_met`). `InitialWeights` start the training from other weights than the builder's
 (`nas retrain --init supernet`: the supernet's, given by the command line, which alone may
-see the supernet package), and `SweepSettings` (`--sweep N`, `engine.sweep`) choose the
-learning rate and weight decay with Ray Tune before the final training.
+see the supernet package; `--init model.pt`: a model file's, `engine.pretrained`), and
+`SweepSettings` (`--sweep N`, `engine.sweep`) choose the learning rate and weight decay with
+Ray Tune before the final training.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -37,7 +38,8 @@ from .bn_calibration import BNCalibration
 from .distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from .evaluate import EVAL_BATCH_SIZE, CocoEvaluator, evaluate_coco
 from .plan import StaticPlan
-from .trained import load_trained_model, model_meta
+from .pretrained import Pretrained, initial_state
+from .trained import load_trained_model, model_meta, resize_filter
 from .session import (close_logging, load_resume_checkpoint, load_split, load_train_val, open_run,
                       resumed_config, setup_logging, write_run_config)
 from .state import seed_everything
@@ -144,18 +146,33 @@ def latency_plan(search: SearchResult | None, measure: bool | None) -> dict[str,
 @dataclass(frozen=True)
 class InitialWeights:
     """Weights a retrain starts from instead of the builder's initialisation: for
-    `--init supernet`, the state dict of `build_model(arch)` the supernet's `extract` gives."""
+    `--init supernet`, the state dict of `build_model(arch)` the supernet's `extract` gives; for
+    `--init model.pt`, a detector or backbone model file (`pretrained`), whose state dict
+    `for_dataset` completes once the training data's classes are known."""
 
     state: Mapping[str, torch.Tensor]
     source: str  # where they come from, for messages and config.yaml
     label_to_cat_id: Sequence[int] | None = None  # the categories they were trained on, if known
     kind: str = "supernet"
+    pretrained: Pretrained | None = None
+    notes: tuple[str, ...] = ()  # what was taken from where, for the log
 
     def check_classes(self, dataset: CocoDetection) -> None:
         if self.label_to_cat_id is not None and list(self.label_to_cat_id) != list(dataset.label_to_cat_id):
             raise DataError(f"{self.source} was trained on category ids {list(self.label_to_cat_id)}, "
                             f"{dataset.ann_file} has {list(dataset.label_to_cat_id)}: the inherited head would "
                             f"predict other classes; start from scratch (--init scratch) on this data")
+
+    def for_dataset(self, arch: Arch, dataset: CocoDetection, seed: int) -> "InitialWeights":
+        """The complete weights to train `arch` on `dataset` from (a model file's classifier is
+        replaced when the classes differ; the fresh parts are the builder's, seeded by `seed`)."""
+        if self.pretrained is None:
+            self.check_classes(dataset)
+            return self
+        seed_everything(seed)
+        own = build_model(arch, dataset.num_classes).state_dict()
+        state, notes = initial_state(self.pretrained, arch, own, dataset.class_names)
+        return replace(self, state=state, notes=tuple(notes), pretrained=None)
 
 
 def _arch_for_run(arch_spec: str | Path | Arch, input_size: int | None, ckpt: Mapping[str, Any] | None) -> Arch:
@@ -206,7 +223,7 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
         raise UserError("--sweep runs its trials as Ray Tune workers; start it as one process, not under torchrun")
     train_set, val_set = load_train_val(resolve_data(data), announce=dist_info.is_main)
     if init is not None:
-        init.check_classes(train_set)
+        init = init.for_dataset(arch, train_set, fresh_cfg.seed)
     stem = Path(str(arch_spec)).stem if not isinstance(arch_spec, Arch) else "arch"
     run = open_run("retrain", dist_info, out=out, name=name, resume=resume,
                    default_name=default_run_name(stem), finished_marker=METRICS_FILE)
@@ -239,6 +256,8 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
     if init is not None and ckpt is None:
         apply_state(model, init.state, init.source)
         log.info(f"starting from the weights of {init.source} ({init.kind})")
+        for note in init.notes:
+            log.info(note)
     amp_dtype = resolve_amp(cfg.amp, dist_info.device)
     evaluator = CocoEvaluator(val_set, arch.input_size, dist_info.device, batch_size=cfg.eval_batch_size,
                               workers=cfg.data_workers(dist_info.device), amp_dtype=amp_dtype)
@@ -345,7 +364,8 @@ def evaluate_checkpoint(arch_spec: str | Path | Arch | None, weights: str | Path
     run = prepare_run_dir("eval", out=out, name=name, default_name=default_run_name(stem))
     t0 = time.perf_counter()
     coco = evaluate_coco(model.to(dev), dataset, model.arch.input_size, device=dev, batch_size=batch_size,
-                         workers=data_workers(workers, dev), label_to_cat_id=mapping, progress=True)
+                         workers=data_workers(workers, dev), label_to_cat_id=mapping, progress=True,
+                         resize_filter=resize_filter(meta))
     from ..summary import summarize
 
     info = summarize(model.arch, num_classes=meta["num_classes"], model=model.cpu())

@@ -13,26 +13,43 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .. import __version__
 from ..arch import Arch, is_architecture, resolve_arch
 from ..checkpoint import apply_state, load_checkpoint
 from ..data import CocoDetection
-from ..data.transforms import EVAL_PREPROCESSING
+from ..data.transforms import EVAL_PREPROCESSING, EVAL_RESIZE_FILTERS
 from ..errors import ArchError, CheckpointError, UserError
 from ..models import PicoDet, build_model
 from ..postprocess import EVAL_NMS
 
+
 def model_meta(arch: Arch, dataset: CocoDetection, recipe: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a checkpoint records so that its model can be used without the training data."""
+    return classes_meta(arch, dataset.class_names, dataset.label_to_cat_id, recipe)
+
+
+def classes_meta(arch: Arch, class_names: Sequence[str], label_to_cat_id: Sequence[int],
+                 recipe: Mapping[str, Any] | None = None,
+                 preprocessing: Mapping[str, Any] = EVAL_PREPROCESSING) -> dict[str, Any]:
+    """`model_meta` for a model whose classes are given by name and category id."""
     meta = {"kind": "picodet", "arch": arch.to_dict(), "input_size": arch.input_size,
-            "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
-            "label_to_cat_id": list(dataset.label_to_cat_id), "preprocessing": dict(EVAL_PREPROCESSING),
+            "num_classes": len(class_names), "class_names": list(class_names),
+            "label_to_cat_id": list(label_to_cat_id), "preprocessing": dict(preprocessing),
             "postprocess": asdict(EVAL_NMS), "version": __version__}
     if recipe is not None:
         meta["recipe"] = dict(recipe)
     return meta
+
+
+def resize_filter(meta: Mapping[str, Any]) -> str:
+    """The evaluation resize filter a checkpoint records (checkpoints that record none: Pillow's)."""
+    value = (meta.get("preprocessing") or {}).get("resize_filter", "pillow")
+    if value not in EVAL_RESIZE_FILTERS:
+        raise CheckpointError(f"checkpoint preprocessing: resize_filter {value!r} is not one of "
+                              f"{', '.join(EVAL_RESIZE_FILTERS)}")
+    return value
 
 
 def arch_difference(recorded: Arch, given: Arch) -> str:
@@ -79,6 +96,9 @@ def read_trained(weights: str | Path, arch_spec: str | Path | Arch | None = None
     meta = ckpt["meta"]
     if meta.get("kind") == "supernet":
         raise CheckpointError(f"{weights}: a supernet checkpoint; retrain a subnet with `nas retrain` first")
+    if meta.get("kind") == "backbone":
+        raise CheckpointError(f"{weights}: holds a backbone only; train a detector from it with "
+                              f"`nas retrain ARCH --init {weights}` or `nas train-supernet ... --init {weights}`")
     if not isinstance(meta.get("num_classes"), int):
         raise CheckpointError(f"{weights}: checkpoint meta lacks num_classes")
     return checkpoint_arch(meta, weights, arch_spec, input_size), meta, ckpt
