@@ -241,7 +241,7 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
         log.info(f"starting from the weights of {init.source} ({init.kind})")
     amp_dtype = resolve_amp(cfg.amp, dist_info.device)
     evaluator = CocoEvaluator(val_set, arch.input_size, dist_info.device, batch_size=cfg.eval_batch_size,
-                              workers=cfg.data_workers(dist_info.device), amp_dtype=amp_dtype)
+                              workers=cfg.data_workers(dist_info.device), amp_dtype=amp_dtype, dist_info=dist_info)
     calibrate = None
     if cfg.calib_images:
         calibration = BNCalibration(train_set, cfg.calib_images, seed=cfg.seed, device=dist_info.device,
