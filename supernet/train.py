@@ -144,6 +144,9 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info):
     if options.get("bn_freeze_epochs"):
         raise UserError("--bn-freeze-epochs is for nas retrain only: a supernet's BN statistics belong to no one "
                         "subnet (each candidate's are recalibrated when it is scored)")
+    if options.get("sync_bn"):
+        raise UserError("--sync-bn is for nas retrain only: the supernet's BN layers normalise a different number "
+                        "of channels for each subnet, which SyncBatchNorm cannot")
     space = load_space(space_spec)
     sn_given = {k: options.pop(k) for k in ("strategy", "num_random", "search_fraction") if k in options}
     sn_options = _supernet_options(sn_given)

@@ -202,6 +202,7 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
     search = read_search_result(arch_spec)
     latency = latency_plan(search, measure_latency)
     fresh_cfg = TrainConfig.for_arch(arch, **options)
+    fresh_cfg.check_device(dist_info.device)
     if sweep is not None and dist_info.enabled:
         raise UserError("--sweep runs its trials as Ray Tune workers; start it as one process, not under torchrun")
     train_set, val_set = load_train_val(resolve_data(data), announce=dist_info.is_main)

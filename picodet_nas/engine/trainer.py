@@ -11,7 +11,7 @@ and `metrics.csv` is rewritten from that history.
 Exact resume: the data loader is a pure function of (seed, epoch, rank), the LR a pure function
 of the step, the subnets a pure function of the step; everything else is in `last.pt`. A run
 killed anywhere restarts the interrupted epoch from its beginning and ends with bit-identical
-weights. Files are written by rank 0 only, each atomically,
+weights (on a GPU, with `deterministic`). Files are written by rank 0 only, each atomically,
 in the order best.pt -> last.pt -> metrics.csv, so a crash between two writes is repaired by
 the replayed epoch.
 
@@ -20,6 +20,7 @@ other passes run under `no_sync` and accumulate locally); before that backward t
 compare their losses, so a non-finite loss on any rank stops every rank at once with the same
 `TrainingDiverged`; at each epoch end every rank takes rank 0's epoch weights (BN statistics
 drift apart between ranks), rank 0 alone recalibrates them, and all ranks share the evaluation.
+`sync_bn` turns the BN layers into SyncBatchNorm (GPUs only).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from .evaluate import autocast
 from .optim import build_optimizer, set_lr
 from .plan import StepPlan, pass_size, resize_batch
 from .schedule import LRSchedule
-from .state import capture_rng, restore_rng
+from .state import capture_rng, restore_rng, set_deterministic
 
 LOSS_KEYS = ("loss", "loss_vfl", "loss_giou", "loss_dfl", "loss_kd")
 TRAIN_COLUMNS = ("epoch", "step", "lr", *LOSS_KEYS, "num_pos", "img_per_s", "epoch_time_s", "wall_time_s")
@@ -108,6 +109,19 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+def convert_sync_bn(model: nn.Module) -> nn.Module:
+    """`model` with every BatchNorm layer replaced by a SyncBatchNorm (same parameters and
+    buffers, so state dicts keep their keys). A BN subclass with behaviour of its own (the
+    supernet's channel-slicing `DynamicBatchNorm2d`) would lose it in the conversion: refused."""
+    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    special = sorted({type(m).__name__ for m in model.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in plain})
+    if special:
+        raise UserError(f"--sync-bn: this model's BN layers ({', '.join(special)}) cannot become SyncBatchNorm; "
+                        "leave --sync-bn out")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -148,19 +162,27 @@ class Trainer:
         self._session_steps, self._estimate_t0 = 0, 0.0  # the duration estimate (_estimate_duration)
         self.log = logger or logging.getLogger("picodet_nas.run")
         self.device = dist_info.device
+        cfg.check_device(self.device)
+        if cfg.deterministic:
+            set_deterministic()
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
 
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.num_classes = model.num_classes
-        # The evaluation copy is made before DDP wraps the model (DDP hooks must not be copied).
+        # The evaluation copy is made before DDP wraps the model (DDP hooks must not be copied)
+        # and before SyncBatchNorm replaces its BN layers (evaluation needs no synchronisation).
         wants_copy = evaluator is not None or calibrate is not None
         self._eval_model = copy.deepcopy(self.model) if wants_copy else None
         if dist_info.enabled:
+            if cfg.sync_bn:
+                self.model = convert_sync_bn(self.model)
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
             self.net: nn.Module = DistributedDataParallel(self.model, device_ids=ids,
                                                           find_unused_parameters=plan.find_unused_parameters)
         else:
+            if cfg.sync_bn:
+                self.log.info("--sync-bn: one process, no BN statistics to synchronise")
             self.net = self.model
         self.peak_lr = cfg.peak_lr(dist_info.world_size)
         self.loader = build_train_loader(
