@@ -6,7 +6,8 @@
 sandwich: one supernet sandwich step (largest, smallest, one random subnet; the largest
           teaching the others) on this rank's half of a fixed global batch; writes the weights after it and the number of gradient
           all-reduces the step made.
-evaluate: COCO numbers of a fixed detector on DATA's validation split, the ranks sharing the images.
+evaluate: COCO numbers of a fixed detector on DATA's validation split, the ranks sharing the
+          images; then what each rank raises when rank 0 fails inside `on_main`.
 Each rank writes OUT/rank<R>.pt.
 """
 
@@ -25,7 +26,7 @@ from helpers import make_realistic
 from picodet_nas.arch import Arch
 from picodet_nas.data import CocoDetection, build_train_loader
 from picodet_nas.engine import TrainConfig, Trainer
-from picodet_nas.engine.distributed import DistInfo, init_distributed, shutdown_distributed
+from picodet_nas.engine.distributed import DistInfo, init_distributed, on_main, shutdown_distributed
 from picodet_nas.engine.evaluate import evaluate_coco
 from picodet_nas.models import build_model
 from picodet_nas.space import SearchSpace
@@ -100,6 +101,10 @@ def main(check: str, data: Path, out: Path) -> None:
             val = split(data, "val")
             result = {"coco": evaluate_coco(realistic_detector(val.num_classes), val, EVAL_SIZE, batch_size=2,
                                             dist_info=info)}
+            try:
+                on_main(info, lambda: 1 / 0)
+            except Exception as e:  # noqa: BLE001 - what each rank gets is the result
+                result["crash"] = f"{type(e).__name__}: {e}"
         torch.save(result, out / f"rank{info.rank}.pt")
     finally:
         shutdown_distributed()
