@@ -77,13 +77,17 @@ def distribution_focal_loss(reg_logits, target, weight=None, reduction="sum"):
     return _reduce(loss, weight, reduction)
 
 
-def _mean_over_processes(value):
-    """All-reduce mean of a tensor across processes (identity when not distributed)."""
+def _global_normalizer(value):
+    """A loss normaliser (a tensor of them) as one process on the whole global batch would have
+    it, the sum over processes clamped at 1, divided by the number of processes: a rank that
+    divides its loss by it makes DDP's gradient (the mean of the ranks' gradients) the
+    gradient of one process on the global batch. One process: the value clamped at 1."""
+    world_size = 1
     if dist.is_available() and dist.is_initialized():
         value = value.clone()
         dist.all_reduce(value)
-        value = value / dist.get_world_size()
-    return value
+        world_size = dist.get_world_size()
+    return value.clamp(min=1) / world_size
 
 
 class PicoDetLoss:
@@ -162,15 +166,18 @@ class PicoDetLoss:
         pos_pred = pred_boxes[img_inds, prior_inds]
         pos_target = target_boxes[img_inds, prior_inds] / pos_strides
 
+        # Box losses of the positives are weighted by each one's best class score. Both
+        # normalisers are those of the global batch (one all-reduce under DDP).
+        weight = pred_scores[img_inds, prior_inds].max(dim=1).values
+        vfl_norm, avg_factor = _global_normalizer(torch.stack([weight.new_tensor(float(num_total_pos)),
+                                                               weight.sum()]))
+
         # VFL over every prior and class; the target IoU is detached.
         vfl_targets = torch.zeros_like(cls_logits)
         vfl_targets[img_inds, prior_inds, pos_labels] = bbox_overlaps(
             pos_pred.detach(), pos_target, is_aligned=True)
-        loss_vfl = self.vfl_weight * varifocal_loss(cls_logits, vfl_targets) / num_total_pos
+        loss_vfl = self.vfl_weight * varifocal_loss(cls_logits, vfl_targets) / vfl_norm
 
-        # Box losses of the positives, each weighted by its best class score.
-        weight = pred_scores[img_inds, prior_inds].max(dim=1).values
-        avg_factor = _mean_over_processes(weight.sum()).clamp(min=1)
         loss_giou = self.giou_weight * giou_loss(pos_pred, pos_target, weight=weight) / avg_factor
         dfl_targets = bbox2distance(pos_centers, pos_target, max_dis=self.reg_max)
         loss_dfl = self.dfl_weight * distribution_focal_loss(
@@ -195,7 +202,8 @@ def inplace_distillation_loss(student, teacher, num_classes, reg_max=7):
     (sigmoid BCE minus the teacher's own entropy, i.e. a per-class Bernoulli KL, summed over
     classes) and its box distributions against the teacher's (KL of the softmax over the
     `reg_max + 1` bins, averaged over the 4 sides, weighted by the teacher's highest class
-    score so that background priors barely count); both normalised by the sum of those weights.
+    score so that background priors barely count); both normalised by the sum of those weights
+    (over the global batch under DDP).
 
     student, teacher: per-level head outputs `[B, C + 4 * (reg_max + 1), H, W]`; the teacher
     (detached by the caller) may run at another input size: its maps are resized (bilinear) to
@@ -219,5 +227,5 @@ def inplace_distillation_loss(student, teacher, num_classes, reg_max=7):
     t_logp = F.log_softmax(t_reg, dim=-1)
     box_kl = (t_logp.exp() * (t_logp - F.log_softmax(s_reg, dim=-1))).sum(-1).mean(-1)  # [B, N]
     weight = t_prob.max(dim=-1).values
-    norm = weight.sum().clamp(min=1.0)
+    norm = _global_normalizer(weight.sum())
     return (cls_kl.sum() + (box_kl * weight).sum()) / norm

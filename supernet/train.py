@@ -30,7 +30,8 @@ from picodet_nas.data import CocoDetection, resolve_data
 from picodet_nas.data.split import DEFAULT_SEARCH_FRACTION, SearchSplit, make_search_split
 from picodet_nas.engine.bn_calibration import DEFAULT_CALIB_IMAGES, BNCalibration
 from picodet_nas.engine.config import TrainConfig
-from picodet_nas.engine.distributed import init_distributed, on_main, shutdown_distributed
+from picodet_nas.engine.distributed import (DistInfo, broadcast_from_main, init_distributed, on_main,
+                                            shutdown_distributed)
 from picodet_nas.engine.evaluate import evaluate_coco
 from picodet_nas.engine.plan import NetworkPass
 from picodet_nas.engine.pretrained import Pretrained, initial_state
@@ -70,23 +71,29 @@ class SupernetPlan:
 
 class LandmarkEvaluator:
     """mAP and mAP50 of the largest and the smallest subnet on the search split, each with exact BN
-    statistics of its own weights (`BNCalibration`)."""
+    statistics of its own weights (`BNCalibration`). Under DDP (`dist_info`) rank 0 recalibrates,
+    every rank takes its statistics, and the ranks share the scoring."""
 
     def __init__(self, space: SearchSpace, calibration: BNCalibration, score_set: CocoDetection, *,
-                 device: torch.device, batch_size: int, workers: int, amp_dtype: torch.dtype | None):
+                 device: torch.device, batch_size: int, workers: int, amp_dtype: torch.dtype | None,
+                 dist_info: DistInfo | None = None):
         self.subnets = {"largest": space.largest(), "smallest": space.smallest()}
         self.names = tuple(f"{which}_{key}" for which in LANDMARKS for key in ("mAP", "mAP50"))
         self.calibration, self.score_set, self.device = calibration, score_set, device
         self.batch_size, self.workers, self.amp_dtype = batch_size, workers, amp_dtype
+        self.dist_info = dist_info
 
     def __call__(self, model: Supernet) -> dict[str, float]:
         metrics = {}
         for which, arch in self.subnets.items():
             model.set_active(arch)
-            self.calibration(model, arch.input_size)
+            if self.dist_info is None or self.dist_info.is_main:
+                self.calibration(model, arch.input_size)
+            if self.dist_info is not None:
+                broadcast_from_main(self.dist_info, model.buffers())
             coco = evaluate_coco(model, self.score_set, arch.input_size, device=self.device,
                                  batch_size=self.batch_size, workers=self.workers, amp_dtype=self.amp_dtype,
-                                 progress=True)
+                                 progress=True, dist_info=self.dist_info)
             metrics[f"{which}_mAP"], metrics[f"{which}_mAP50"] = coco["mAP"], coco["mAP50"]
         return metrics
 
@@ -142,6 +149,9 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
     if options.get("bn_freeze_epochs"):
         raise UserError("--bn-freeze-epochs is for nas retrain only: a supernet's BN statistics belong to no one "
                         "subnet (each candidate's are recalibrated when it is scored)")
+    if options.get("sync_bn"):
+        raise UserError("--sync-bn is for nas retrain only: the supernet's BN layers normalise a different number "
+                        "of channels for each subnet, which SyncBatchNorm cannot")
     space = load_space(space_spec)
     subnet = pretrained_subnet(space, init) if init is not None else None  # refused before anything is written
     sn_given = {k: options.pop(k) for k in ("strategy", "num_random", "search_fraction") if k in options}
@@ -199,7 +209,7 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
     evaluator = LandmarkEvaluator(space, calibration, search_set, device=dist_info.device,
                                   batch_size=cfg.eval_batch_size,
                                   workers=cfg.data_workers(dist_info.device),
-                                  amp_dtype=resolve_amp(cfg.amp, dist_info.device))
+                                  amp_dtype=resolve_amp(cfg.amp, dist_info.device), dist_info=dist_info)
 
     def write_supernet(epoch: int, weights: dict, metrics: Mapping[str, float]) -> None:
         save_checkpoint(run.path / SUPERNET_FILE, weights, {**meta, "config": cfg.to_dict()}, epoch=epoch,

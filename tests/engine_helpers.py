@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,6 +79,29 @@ def popen_nas(*args: str, cwd: Path | str | None = None) -> subprocess.Popen:
 
 def torchrun(nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+
+
+def ranks(nproc: int, command: list[str], *, cwd: Path | str, timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """`command` as the `nproc` processes of one DDP run, started directly with the environment
+    torchrun gives its workers, so that each rank's exit code and stderr can be checked alone.
+    A rank still running after `timeout` seconds is killed (its return code is then negative)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ORT_DISABLE_TELEMETRY": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)}
+    procs = [subprocess.Popen(command, cwd=cwd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(nproc)]
+    deadline = time.monotonic() + timeout
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:

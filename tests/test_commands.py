@@ -241,6 +241,17 @@ def test_bad_flags_and_config(work, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_sync_bn_is_refused_where_it_cannot_work_before_anything_is_written(work, tmp_path, capsys):
+    for target, needle in (([str(work / "tiny.yaml")], "--sync-bn needs CUDA GPUs"),
+                           (["--space", "quickstart"], "--sync-bn is for nas retrain only")):
+        command = "retrain" if len(target) == 1 else "train-supernet"
+        code = main([command, *target, "--data", str(work / "data"), *TINY_TRAIN, "--sync-bn",
+                     "--out", str(tmp_path / "r")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0], err
+        assert not (tmp_path / "r").exists()
+
+
 def test_make_dataset_command(tmp_path):
     r = nas("make-dataset", "shapes", "--out", str(tmp_path / "d"), "--train", "3", "--val", "2", "--image-size", "64")
     assert r.returncode == 0, r.stderr

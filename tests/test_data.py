@@ -427,6 +427,32 @@ def test_train_loader_deterministic_and_independent_of_workers(shapes_train):
     assert not torch.equal(reference[0][0], run(0, seed=1)[0][0])
 
 
+def test_one_loader_serves_every_epoch_with_persistent_workers(shapes_train):
+    """set_epoch on one loader gives each epoch's batches exactly as a fresh loader of that epoch,
+    in any order of epochs, and the worker process lives on from one epoch to the next."""
+    def fresh(epoch):
+        return batches_of(build_train_loader(shapes_train, 4, [64, 96], workers=0, seed=0, epoch=epoch))
+
+    loader = build_train_loader(shapes_train, 4, [64, 96], workers=1, seed=0, persistent_workers=True)
+    pids = []
+    for epoch in (1, 0, 1):
+        loader.set_epoch(epoch)
+        assert_same_batches(batches_of(loader), fresh(epoch))
+        pids.append(tuple(w.pid for w in loader._iterator._workers))  # DataLoader keeps its persistent iterator
+    assert pids[0] == pids[1] == pids[2]
+
+
+def test_eval_loader_shards_are_the_batches_of_one_process(shapes_train):
+    whole = list(build_eval_loader(shapes_train, 64, batch_size=5, workers=0, uint8=True))  # 12 images: 5, 5, 2
+    shards = [list(build_eval_loader(shapes_train, 64, batch_size=5, workers=0, rank=r, world_size=2, uint8=True))
+              for r in range(2)]
+    assert [len(s) for s in shards] == [2, 1]
+    for b, (images, metas) in enumerate(whole):
+        shard_images, shard_metas = shards[b % 2][b // 2]
+        assert images.dtype == torch.uint8 and torch.equal(images, shard_images) and metas == shard_metas
+    assert len(list(build_eval_loader(shapes_train, 64, batch_size=5, workers=0, rank=3, world_size=4))) == 0
+
+
 def test_loaders_leave_the_global_torch_rng_alone(shapes_train):
     torch.manual_seed(0)
     expected = torch.rand(3)
@@ -450,7 +476,7 @@ def test_undecodable_image_in_a_worker_is_still_one_line(tmp_path, workers):
 
 def test_rank_sharding_like_distributed_sampler():
     kwargs = dict(seed=5, epoch=2, world_size=3, drop_last=False)
-    shards = [[i for batch in EpochBatchSampler(10, 2, rank=r, **kwargs) for i, _ in batch] for r in range(3)]
+    shards = [[i for batch in EpochBatchSampler(10, 2, rank=r, **kwargs) for i, *_ in batch] for r in range(3)]
     assert [len(s) for s in shards] == [4, 4, 4]
     interleaved = [shards[r][k] for k in range(4) for r in range(3)]
     assert sorted(interleaved[:10]) == list(range(10)), "one shared permutation, split across ranks"

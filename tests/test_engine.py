@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from picodet_nas.arch import PRESETS
@@ -107,7 +108,7 @@ def test_weight_decay_exempts_backbone_and_head_bn_only(which):
     if which == "static":
         model = build_model(PRESETS["picodet-s"], num_classes=80)
     else:
-        model = Supernet(SearchSpace.from_dict(__import__("yaml").safe_load(TINY_SPACE)), num_classes=3)
+        model = Supernet(SearchSpace.from_dict(yaml.safe_load(TINY_SPACE)), num_classes=3)
     decay, no_decay = split_decay(model)
     assert set(no_decay) == _bn_param_names(model, "backbone") | _bn_param_names(model, "head")
     assert _bn_param_names(model, "neck") <= set(decay)  # CSP-PAN BN is decayed
@@ -189,7 +190,7 @@ def test_static_plan_and_batch_resize():
 
 
 def test_supernet_plan_runs_the_sampler_subnets_at_their_sizes():
-    space = SearchSpace.from_dict(__import__("yaml").safe_load(TINY_SPACE))
+    space = SearchSpace.from_dict(yaml.safe_load(TINY_SPACE))
     plan = SupernetPlan(SubnetSampler(space, "sandwich", seed=3, num_random=1))
     assert plan.base_input_size == 96 and plan.find_unused_parameters
     passes = plan.networks(5)
@@ -421,3 +422,62 @@ def test_training_prints_its_expected_duration_and_warns_on_a_long_cpu_run(tmp_p
     assert len(estimates) == 1 and "for the 2 steps left" in estimates[0]
     assert len(warnings) == 1 and "--epochs 20 --batch-size 8" in warnings[0] and "going on" in warnings[0]
     assert trainer.progress.epoch == 6 and result is not None
+
+
+# ---- --sync-bn and --deterministic ---------------------------------------------------------
+def test_sync_bn_conversion_keeps_the_state_and_refuses_dynamic_bn():
+    from picodet_nas.engine.trainer import convert_sync_bn
+
+    model = build_model(PRESETS["picodet-s"], 6)
+    keys = list(model.state_dict())
+    converted = convert_sync_bn(model)
+    bns = [m for m in converted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(type(m) is nn.SyncBatchNorm for m in bns)
+    assert list(converted.state_dict()) == keys  # checkpoints and the EMA keep their keys
+    space = SearchSpace.from_dict(yaml.safe_load(TINY_SPACE))
+    with pytest.raises(UserError, match="DynamicBatchNorm2d"):
+        convert_sync_bn(Supernet(space, 6))
+
+
+def test_sync_bn_needs_cuda_and_resume_may_turn_deterministic_on_but_not_sync_bn():
+    from pathlib import Path
+
+    from picodet_nas.engine.session import resumed_config
+
+    cfg = TrainConfig.for_arch(PRESETS["picodet-s"], sync_bn=True)
+    cfg.check_device("cuda")
+    with pytest.raises(UserError, match="--sync-bn needs CUDA GPUs"):
+        cfg.check_device(torch.device("cpu"))
+    with pytest.raises(UserError, match="sync-bn must be true or false"):
+        TrainConfig(sync_bn="yes")
+    ckpt = {"config": TrainConfig().to_dict()}
+    assert resumed_config(ckpt, {"deterministic": True}, Path("last.pt")).deterministic
+    with pytest.raises(UserError, match="--sync-bn True differs from the resumed run's False"):
+        resumed_config(ckpt, {"sync_bn": True}, Path("last.pt"))
+
+
+@pytest.fixture
+def restore_determinism(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cudnn = torch.backends.cudnn
+    saved = torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(saved[0])
+    cudnn.deterministic, cudnn.benchmark = saved[1:]
+
+
+def test_deterministic_asks_torch_cudnn_and_cublas_and_training_runs(tmp_path, restore_determinism):
+    """Every operation of training and BN recalibration has a deterministic kernel (on the CPU;
+    on a GPU the same flag makes one without raise)."""
+    import os
+
+    from picodet_nas.bn_stats import recalibrate_bn
+
+    def calibrate(model):
+        recalibrate_bn(model, [torch.randn(2, 3, 64, 64)], 2)
+
+    trainer = _tiny_trainer(tmp_path, calibrate=calibrate, epochs=1, deterministic=True)
+    cudnn = torch.backends.cudnn
+    assert torch.are_deterministic_algorithms_enabled() and cudnn.deterministic and not cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert trainer.fit().epochs == 1

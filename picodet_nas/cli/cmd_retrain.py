@@ -73,6 +73,12 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--workers", type=int,
                    help="data-loading worker processes (default: none on a CPU, where they would take cores from "
                         "the training threads; min(4, cores) on a GPU); does not change results")
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="under torchrun on GPUs, BN statistics over the global batch (SyncBatchNorm) instead of "
+                        "each process's own batch; for small per-GPU batches (refused on a CPU)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic GPU kernels (torch, cuDNN, cuBLAS), so that --resume continues bit for bit "
+                        "on a GPU as on a CPU; slower (see the README)")
     p.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default: 0)")
     p.add_argument("--log-interval", type=int, metavar="N", help="write a log line every N steps (default: 20)")
     p.add_argument("--tensorboard", action="store_true", default=None,
@@ -84,7 +90,8 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
 
 
 TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "warmup_iters", "cosine_epochs", "eval_interval", "device", "amp",
-                 "bn_freeze_epochs", "grad_clip", "train_interp", "train_sizes", "calib_images", "ema_buffers", "channels_last", "workers", "seed", "log_interval", "tensorboard")
+                 "bn_freeze_epochs", "grad_clip", "train_interp", "train_sizes", "calib_images", "ema_buffers",
+                 "channels_last", "workers", "seed", "log_interval", "tensorboard", "sync_bn", "deterministic")
 
 
 def merged_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:

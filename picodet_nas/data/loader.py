@@ -2,10 +2,11 @@
 
 Determinism: the epoch's order comes from (seed, epoch); each sample's augmentation
 from a Generator seeded with (seed, epoch, dataset index); each batch's size and
-interpolation from (seed, epoch, batch number). No RNG state lives in a worker, so
-the batches are the same with 0, 1 or 8 workers, and a resumed run replays an epoch
-exactly. Every DataLoader gets a private torch.Generator, because a DataLoader
-otherwise draws its worker seed from the global torch RNG and would shift the
+interpolation from (seed, epoch, batch number). No RNG state lives in a worker, and the
+epoch travels with every index the sampler hands out, so the batches are the same with 0,
+1 or 8 workers, with workers kept alive across epochs or started afresh, and a resumed run
+replays an epoch exactly. Every DataLoader gets a private torch.Generator, because a
+DataLoader otherwise draws its worker seed from the global torch RNG and would shift the
 caller's random stream (model init, subnet sampling).
 """
 
@@ -54,13 +55,15 @@ class DetectionLoader(DataLoader):
 
 
 class EpochBatchSampler(Sampler):
-    """One epoch's batches for one rank, each index tagged with its batch number.
+    """One epoch's batches for one rank, each index tagged with its batch number and epoch.
 
     Like DistributedSampler: every rank draws the same permutation from (seed, epoch),
     pads it by wrapping around to a multiple of `world_size`, and takes every
     `world_size`-th index from `rank`; so all ranks get the same number of batches.
     The batch number travels with each index because the batch-level resize must
-    draw its size from a stream keyed by it.
+    draw its size from a stream keyed by it; the epoch, because the sampler runs in the
+    main process while the augmentation and the resize may run in worker processes that
+    outlive an epoch (`set_epoch` changes it for the next iteration).
     """
 
     def __init__(
@@ -74,6 +77,9 @@ class EpochBatchSampler(Sampler):
         self.world_size = world_size
         self.drop_last = drop_last
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def _rank_indices(self) -> np.ndarray:
         order = np.random.default_rng([_ORDER_STREAM, self.seed, self.epoch]).permutation(self.num_samples)
         per_rank = -(-self.num_samples // self.world_size)
@@ -86,54 +92,59 @@ class EpochBatchSampler(Sampler):
             return per_rank // self.batch_size
         return -(-per_rank // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         indices = self._rank_indices()
         for batch in range(len(self)):
             chunk = indices[batch * self.batch_size : (batch + 1) * self.batch_size]
-            yield [(int(index), batch) for index in chunk]
+            yield [(int(index), batch, self.epoch) for index in chunk]
 
 
 class AugmentedSamples(Dataset):
-    """Training samples after the per-sample augmentation, addressed by (index, batch number)."""
+    """Training samples after the per-sample augmentation, addressed by (index, batch number, epoch)."""
 
-    def __init__(self, dataset: CocoDetection, *, seed: int, epoch: int):
+    def __init__(self, dataset: CocoDetection, *, seed: int):
         self.dataset = dataset
         self.seed = seed
-        self.epoch = epoch
         self.augment = TrainAugment()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[dict, int]:
-        index, batch = key
-        rng = np.random.default_rng([_SAMPLE_STREAM, self.seed, self.epoch, index])
-        return self.augment(self.dataset[index], rng), batch
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[dict, tuple[int, int]]:
+        index, batch, epoch = key
+        rng = np.random.default_rng([_SAMPLE_STREAM, self.seed, epoch, index])
+        return self.augment(self.dataset[index], rng), (batch, epoch)
 
 
 class TrainCollate:
-    """Batch-level resize, normalisation and NCHW layout.
+    """Batch-level resize, normalisation (unless `uint8`) and NCHW layout.
 
     The size is drawn from (seed, epoch, batch number) without the rank, so under DDP
     every rank resizes a step's batch to the same size and none waits on a larger one.
     """
 
-    def __init__(self, sizes: Sequence[int], *, seed: int, epoch: int, interp: str = "batch", uint8: bool = False):
+    def __init__(self, sizes: Sequence[int], *, seed: int, interp: str = "batch", uint8: bool = False):
         self.resize = BatchRandomResize(sizes, interp)
         self.seed = seed
-        self.epoch = epoch
         self.uint8 = uint8
 
-    def __call__(self, items: list[tuple[dict, int]]) -> tuple[torch.Tensor, list[dict]]:
+    def __call__(self, items: list[tuple[dict, tuple[int, int]]]) -> tuple[torch.Tensor, list[dict]]:
         samples = [sample for sample, _ in items]
-        batch = items[0][1]
-        rng = np.random.default_rng([_BATCH_STREAM, self.seed, self.epoch, batch])
+        batch, epoch = items[0][1]
+        rng = np.random.default_rng([_BATCH_STREAM, self.seed, epoch, batch])
         images, boxes = self.resize([s["image"] for s in samples], [s["boxes"] for s in samples], rng)
         targets = [
             {"boxes": torch.from_numpy(b), "labels": torch.from_numpy(np.ascontiguousarray(s["labels"]))}
             for s, b in zip(samples, boxes)
         ]
         return (images if self.uint8 else normalize(images)), targets
+
+
+class TrainLoader(DetectionLoader):
+    """The training batches of one rank; `set_epoch` chooses the epoch the next iteration gives."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
 
 
 def build_train_loader(
@@ -143,18 +154,24 @@ def build_train_loader(
     *,
     workers: int,
     seed: int,
-    epoch: int,
+    epoch: int = 0,
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = True,
     interp: str = "batch",
     uint8: bool = False,
-) -> DetectionLoader:
+    persistent_workers: bool = False,
+    pin_memory: bool = False,
+) -> TrainLoader:
     """Batches of one epoch for one rank: (images float32 [B,3,S,S], [{boxes, labels}, ...]);
-    with `uint8`, the images before normalisation.
+    with `uint8`, the images before normalisation (a quarter of the bytes to move; normalise
+    them where they are used, e.g. with `normalize` on the GPU).
 
-    Boxes are xyxy in network-input pixels. Build a new loader each epoch; the same
-    (seed, epoch, rank, world_size) always gives the same batches.
+    Boxes are xyxy in network-input pixels. The same (seed, epoch, rank, world_size) always
+    gives the same batches, whatever the loader gave before: one loader can serve every epoch
+    (`set_epoch` before iterating), and with `persistent_workers` (and workers > 0) keeps its
+    worker processes from one epoch to the next. `pin_memory`: page-locked batches, for
+    asynchronous copies to a GPU.
     """
     sampler = EpochBatchSampler(
         len(dataset), batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size, drop_last=drop_last
@@ -164,11 +181,13 @@ def build_train_loader(
             f"training set {dataset.ann_file} has {len(dataset)} images, too few for {world_size} rank(s) "
             f"with batch size {batch_size}; expected at least {batch_size * world_size}"
         )
-    return DetectionLoader(
-        AugmentedSamples(dataset, seed=seed, epoch=epoch),
+    return TrainLoader(
+        AugmentedSamples(dataset, seed=seed),
         batch_sampler=sampler,
-        collate_fn=TrainCollate(sizes, seed=seed, epoch=epoch, interp=interp, uint8=uint8),
+        collate_fn=TrainCollate(sizes, seed=seed, interp=interp, uint8=uint8),
         num_workers=workers,
+        persistent_workers=persistent_workers and workers > 0,
+        pin_memory=pin_memory,
         generator=torch.Generator(),
     )
 
@@ -208,17 +227,25 @@ def collate_normalized(items: list[tuple[np.ndarray, dict]]) -> tuple[torch.Tens
 
 
 def build_eval_loader(dataset: CocoDetection, size: int, batch_size: int, workers: int,
-                      resize_filter: str = "pillow") -> DetectionLoader:
-    """Every image in dataset order: (images float32 [B,3,S,S], metas).
+                      resize_filter: str = "pillow", *, rank: int = 0, world_size: int = 1, uint8: bool = False,
+                      pin_memory: bool = False) -> DetectionLoader:
+    """Every image in dataset order: (images float32 [B,3,S,S], metas); with `uint8`, the
+    images before normalisation. `resize_filter`: the evaluation resize
+    (`data.transforms.EVAL_RESIZE_FILTERS`).
 
     Each meta holds `image_id`, `scale_factor` (sx, sy) and `orig_size` (h, w); a box
     on the network input maps back to the original image as x / sx, y / sy.
+    With `world_size` > 1, the share of `rank`: the batches one process would make (in
+    dataset order, `batch_size` images each), batch b going to rank b mod world_size; so
+    every image is in exactly one rank's batches, each batch exactly as one process has it.
     """
+    starts = range(rank * batch_size, len(dataset), batch_size * world_size)
     return DetectionLoader(
         EvalSamples(dataset, size, resize_filter=resize_filter),
-        batch_size=batch_size,
-        collate_fn=collate_normalized,
+        batch_sampler=[list(range(s, min(s + batch_size, len(dataset)))) for s in starts],
+        collate_fn=collate_uint8 if uint8 else collate_normalized,
         num_workers=workers,
+        pin_memory=pin_memory,
         generator=torch.Generator(),
     )
 

@@ -109,6 +109,8 @@ class TrainConfig:
     channels_last: bool = True  # NHWC activations: about 1.25x the training throughput of NCHW on a CPU
     log_interval: int = 20
     tensorboard: bool = False  # also write TensorBoard scalars into run_dir/tensorboard (optional extra)
+    sync_bn: bool = False  # under DDP, BN statistics over the global batch (SyncBatchNorm; GPUs only)
+    deterministic: bool = False  # deterministic kernels (torch, cuDNN, cuBLAS): exact resume on a GPU
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_sizes", tuple(int(s) for s in self.train_sizes))
@@ -167,6 +169,12 @@ class TrainConfig:
         """Data-loading worker processes on `device` (see the module's `data_workers`)."""
         return data_workers(self.workers, device)
 
+    def check_device(self, device: Any) -> None:
+        """Refuse options that cannot work on `device` (a torch.device or its name)."""
+        if self.sync_bn and getattr(device, "type", str(device)) != "cuda":
+            raise UserError("--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on the CPU "
+                            "(leave --sync-bn out, or train with --device cuda)")
+
     # ---- validation -----------------------------------------------------------------
     def validate(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -197,6 +205,8 @@ class TrainConfig:
         need(isinstance(self.channels_last, bool), "channels_last", "true or false")
         need(isinstance(self.tensorboard, bool), "tensorboard", "true or false")
         need(isinstance(self.ema_buffers, bool), "ema_buffers", "true or false")
+        need(isinstance(self.sync_bn, bool), "sync_bn", "true or false")
+        need(isinstance(self.deterministic, bool), "deterministic", "true or false")
         need(self.train_interp in INTERPOLATION_MODES, "train_interp", f"one of {', '.join(INTERPOLATION_MODES)}")
         need(is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0: no clipping)")
         need(self.bn_freeze_epochs == 0 or self.bn_freeze_epochs < self.epochs, "bn_freeze_epochs",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -18,8 +18,10 @@ import torch.distributed as dist
 from ..errors import UserError
 
 T = TypeVar("T")
-# Rank 0 evaluates while the others wait at a barrier; evaluation of a large set on a CPU
-# can outlast the default 10-30 minute collective timeout.
+# Ranks wait for rank 0 while it alone works: BN recalibration, pycocotools, checkpoint files.
+# On a CPU with a large set these can outlast the default 10-30 minute collective timeout.
+# A failure that one rank detects (a non-finite loss, a bad file on rank 0) is shared with
+# every rank at once (`gather_floats`, `on_main`), so no rank waits for this timeout.
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
@@ -75,22 +77,72 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+class PeerFailed(RuntimeError):
+    """Another rank failed with an error that is not a `UserError` (a bug); its message names it."""
+
+
 def on_main(info: DistInfo, fn: Callable[[], T]) -> T:
-    """Run `fn` on rank 0 and give every rank its result (or rank 0's `UserError`, so that a
-    bad path stops every process with the same one line instead of leaving them waiting)."""
+    """Run `fn` on rank 0 and give every rank its result, or rank 0's exception: its
+    `UserError`, so that a bad path stops every process with the same one line instead of
+    leaving them waiting; any other exception stops rank 0 with its traceback and the other
+    ranks with a `PeerFailed` naming it."""
     result: Any = None
+    failure: BaseException | None = None
     if info.is_main:
         try:
             result = ("ok", fn())
         except UserError as e:
             result = ("error", e)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks heard of it
+            result, failure = ("crash", f"rank 0 failed: {type(e).__name__}: {e}"), e
     if info.enabled:
         box = [result]
         dist.broadcast_object_list(box, src=0)
         result = box[0]
+    if failure is not None:
+        raise failure
     if result[0] == "error":
         raise result[1]
+    if result[0] == "crash":
+        raise PeerFailed(result[1])
     return result[1]
+
+
+def gather_to_main(info: DistInfo, obj: T) -> list[T] | None:
+    """Every rank's `obj` (picklable), in rank order, on rank 0; None on the other ranks."""
+    if not info.enabled:
+        return [obj]
+    out: list | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def gather_floats(info: DistInfo, value: float) -> list[float]:
+    """Every rank's `value`, in rank order, on every rank (one small all-reduce; NaN and
+    infinities arrive as they are)."""
+    if not info.enabled:
+        return [float(value)]
+    t = torch.zeros(info.world_size, dtype=torch.float64, device=info.device)
+    t[info.rank] = value
+    dist.all_reduce(t)  # the other ranks add exact zeros to each slot
+    return t.tolist()
+
+
+def broadcast_from_main(info: DistInfo, tensors: Iterable[torch.Tensor]) -> None:
+    """Overwrite `tensors` in place with rank 0's values (one broadcast per dtype); every rank
+    passes the same tensors (names, shapes, dtypes) in the same order."""
+    if not info.enabled:
+        return
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.detach().reshape(-1).to(info.device) for t in group])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for t in group:
+            t.detach().copy_(flat[offset:offset + t.numel()].view(t.shape))
+            offset += t.numel()
 
 
 def all_reduce_mean(info: DistInfo, values: list[float]) -> list[float]:

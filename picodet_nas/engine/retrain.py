@@ -219,6 +219,7 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
     search = read_search_result(arch_spec)
     latency = latency_plan(search, measure_latency)
     fresh_cfg = TrainConfig.for_arch(arch, **options)
+    fresh_cfg.check_device(dist_info.device)
     if sweep is not None and dist_info.enabled:
         raise UserError("--sweep runs its trials as Ray Tune workers; start it as one process, not under torchrun")
     train_set, val_set = load_train_val(resolve_data(data), announce=dist_info.is_main)
@@ -260,7 +261,7 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
             log.info(note)
     amp_dtype = resolve_amp(cfg.amp, dist_info.device)
     evaluator = CocoEvaluator(val_set, arch.input_size, dist_info.device, batch_size=cfg.eval_batch_size,
-                              workers=cfg.data_workers(dist_info.device), amp_dtype=amp_dtype)
+                              workers=cfg.data_workers(dist_info.device), amp_dtype=amp_dtype, dist_info=dist_info)
     calibrate = None
     if cfg.calib_images:
         calibration = BNCalibration(train_set, cfg.calib_images, seed=cfg.seed, device=dist_info.device,

@@ -22,9 +22,10 @@ from .config import TrainConfig
 from .distributed import DistInfo, on_main
 
 LOGGER_NAME = "picodet_nas.run"
-# Options a resumed run may change: they do not affect the numbers (or, for the device, only
-# through floating-point rounding, which a user moving a run to another machine accepts).
-RESUMABLE_CHANGES = ("workers", "device", "log_interval", "tensorboard")
+# Options a resumed run may change: they do not affect the numbers (or, for the device and
+# deterministic kernels, only through floating-point rounding, which a user moving a run to
+# another machine, or asking for exact repeats from now on, accepts).
+RESUMABLE_CHANGES = ("workers", "device", "log_interval", "tensorboard", "deterministic")
 
 
 class _TqdmHandler(logging.StreamHandler):

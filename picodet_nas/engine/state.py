@@ -1,8 +1,10 @@
 """Random-number-generator states as plain data, so that checkpoints stay loadable with
-`torch.load(weights_only=True)` (numpy's state holds an ndarray, which that loader refuses)."""
+`torch.load(weights_only=True)` (numpy's state holds an ndarray, which that loader refuses);
+seeding; deterministic kernels."""
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -38,3 +40,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# cuBLAS is deterministic only with a fixed workspace: 8 buffers of 4096 KiB per handle.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def set_deterministic() -> None:
+    """Ask for deterministic kernels for the rest of the process, so that a run (and its resume)
+    repeats bit for bit on a GPU as it does on a CPU: `torch.use_deterministic_algorithms` (an
+    operation without a deterministic kernel then raises instead of varying), cuDNN's
+    deterministic algorithms without autotuning, and cuBLAS's fixed workspace (read when cuBLAS
+    starts, so call this before any CUDA matrix product; a value already set is kept)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False

@@ -11,12 +11,21 @@ and `metrics.csv` is rewritten from that history.
 Exact resume: the data loader is a pure function of (seed, epoch, rank), the LR a pure function
 of the step, the subnets a pure function of the step; everything else is in `last.pt`. A run
 killed anywhere restarts the interrupted epoch from its beginning and ends with bit-identical
-weights. Files are written by rank 0 only, each atomically, in the order best.pt -> last.pt ->
-metrics.csv, so a crash between two writes is repaired by the replayed epoch.
+weights (on a GPU, with `deterministic`). Files are written by rank 0 only, each atomically,
+in the order best.pt -> last.pt -> metrics.csv, so a crash between two writes is repaired by
+the replayed epoch.
+
+Under DDP: the gradients are all-reduced once per step, in the backward of its last pass (the
+other passes run under `no_sync` and accumulate locally); before that backward the ranks
+compare their losses, so a non-finite loss on any rank stops every rank at once with the same
+`TrainingDiverged`; at each epoch end every rank takes rank 0's epoch weights (BN statistics
+drift apart between ranks), rank 0 alone recalibrates them, and all ranks share the evaluation.
+`sync_bn` turns the BN layers into SyncBatchNorm (GPUs only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -34,20 +43,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..checkpoint import apply_state, save_checkpoint
-from ..data import CocoDetection, build_train_loader
+from ..data import CocoDetection, build_train_loader, normalize
 from ..errors import CheckpointError, UserError
 from ..losses import PicoDetLoss, inplace_distillation_loss
 from ..utils.tensorboard import ScalarLog, require_tensorboard
 from ..models import flatten_outputs
 from ..utils.io import atomic_write_text
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_mean, barrier
+from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_from_main, gather_floats
 from .ema import CycleEMA
 from .evaluate import autocast
 from .optim import build_optimizer, set_lr
 from .plan import StepPlan, pass_size, resize_batch
 from .schedule import LRSchedule
-from .state import capture_rng, restore_rng
+from .state import capture_rng, restore_rng, set_deterministic
 
 LOSS_KEYS = ("loss", "loss_vfl", "loss_giou", "loss_dfl", "loss_kd")
 TRAIN_COLUMNS = ("epoch", "step", "lr", *LOSS_KEYS, "num_pos", "img_per_s", "epoch_time_s", "wall_time_s")
@@ -57,7 +66,11 @@ CPU_WARN_S = 3 * 3600  # a CPU run expected to train longer than this gets a one
 
 
 class Evaluator(Protocol):
-    """Scores a model holding the epoch's (EMA) weights; may change it freely (it is a copy)."""
+    """Scores a model holding the epoch's (EMA) weights; may change it freely (it is a copy).
+
+    Called on every rank, all holding the same weights; under DDP it shares the work between
+    them (e.g. `evaluate_coco` with `dist_info`) and returns the same numbers on every rank.
+    """
 
     names: Sequence[str]  # the metric columns it returns, fixed for the run
 
@@ -96,6 +109,19 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+def convert_sync_bn(model: nn.Module) -> nn.Module:
+    """`model` with every BatchNorm layer replaced by a SyncBatchNorm (same parameters and
+    buffers, so state dicts keep their keys). A BN subclass with behaviour of its own (the
+    supernet's channel-slicing `DynamicBatchNorm2d`) would lose it in the conversion: refused."""
+    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    special = sorted({type(m).__name__ for m in model.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in plain})
+    if special:
+        raise UserError(f"--sync-bn: this model's BN layers ({', '.join(special)}) cannot become SyncBatchNorm; "
+                        "leave --sync-bn out")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -106,7 +132,7 @@ class Trainer:
 
     model:       a `PicoDet` or a `Supernet` (anything whose forward gives per-level outputs
                  and that has `num_classes`), on the CPU; the trainer moves it to the device.
-    evaluator:   scores the epoch's weights on rank 0 (None: no evaluation).
+    evaluator:   scores the epoch's weights, on every rank (None: no evaluation).
     best_metric: the evaluator's metric that `best.pt` follows (None: no best.pt).
     meta:        plain data saved in every checkpoint (architecture, classes, space...).
     on_epoch_end(epoch, weights, metrics): rank 0 only, after evaluation, before last.pt;
@@ -136,22 +162,34 @@ class Trainer:
         self._session_steps, self._estimate_t0 = 0, 0.0  # the duration estimate (_estimate_duration)
         self.log = logger or logging.getLogger("picodet_nas.run")
         self.device = dist_info.device
+        cfg.check_device(self.device)
+        if cfg.deterministic:
+            set_deterministic()
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
 
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.num_classes = model.num_classes
-        # The evaluation copy is made before DDP wraps the model (DDP hooks must not be copied).
-        wants_copy = dist_info.is_main and (evaluator is not None or calibrate is not None)
+        # The evaluation copy is made before DDP wraps the model (DDP hooks must not be copied)
+        # and before SyncBatchNorm replaces its BN layers (evaluation needs no synchronisation).
+        wants_copy = evaluator is not None or calibrate is not None
         self._eval_model = copy.deepcopy(self.model) if wants_copy else None
         if dist_info.enabled:
+            if cfg.sync_bn:
+                self.model = convert_sync_bn(self.model)
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
             self.net: nn.Module = DistributedDataParallel(self.model, device_ids=ids,
                                                           find_unused_parameters=plan.find_unused_parameters)
         else:
+            if cfg.sync_bn:
+                self.log.info("--sync-bn: one process, no BN statistics to synchronise")
             self.net = self.model
         self.peak_lr = cfg.peak_lr(dist_info.world_size)
-        self.iters_per_epoch = len(self._loader(0))
+        self.loader = build_train_loader(
+            train_set, cfg.batch_size, cfg.train_sizes, workers=cfg.data_workers(self.device), seed=cfg.seed,
+            rank=dist_info.rank, world_size=dist_info.world_size, interp=cfg.train_interp, uint8=True,
+            persistent_workers=True, pin_memory=self.device.type == "cuda")
+        self.iters_per_epoch = len(self.loader)
         self.schedule = LRSchedule(self.peak_lr, self.iters_per_epoch, cfg.cosine_epochs, cfg.warmup_iters,
                                    cfg.warmup_start)
         self.optimizer = build_optimizer(self.model, self.schedule(0), cfg.momentum, cfg.weight_decay)
@@ -165,13 +203,6 @@ class Trainer:
         if cfg.tensorboard:
             require_tensorboard()  # before any work, not after the first epoch
         self._scalars: ScalarLog | None = None
-
-    # ---- data -----------------------------------------------------------------------
-    def _loader(self, epoch: int):
-        c = self.cfg
-        return build_train_loader(self.train_set, c.batch_size, c.train_sizes, workers=c.data_workers(self.device),
-                                  seed=c.seed, epoch=epoch, rank=self.dist.rank, world_size=self.dist.world_size,
-                                  interp=c.train_interp)
 
     # ---- checkpoints ----------------------------------------------------------------
     def state(self, weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -248,6 +279,7 @@ class Trainer:
             weights = self.ema.end_epoch(self.model) if self.ema else {
                 k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self._calibrate(epoch, weights)
+            broadcast_from_main(self.dist, weights.values())  # every rank: rank 0's (recalibrated) weights
             metrics = self._evaluate(epoch, weights)
             p.epoch, p.wall_time_s = epoch + 1, session_wall + time.perf_counter() - session_start
             row = {"epoch": epoch + 1, "step": p.step, "lr": self.schedule(max(p.step - 1, 0)), **losses,
@@ -282,7 +314,8 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, p = self.cfg, self.progress
-        loader = self._loader(epoch)
+        loader = self.loader
+        loader.set_epoch(epoch)
         sums = dict.fromkeys((*LOSS_KEYS, "num_pos"), 0.0)
         images_seen, t0 = 0, time.perf_counter()
         bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
@@ -339,38 +372,44 @@ class Trainer:
                                  "--lr 0.05, the quick start's scale) or a GPU (--device cuda); going on")
 
     def train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
-        """One optimiser step on a batch (as the loader gives it); returns the loss parts,
-        averaged over the step's networks."""
+        """One optimiser step on a batch: uint8 images as the loader gives them (normalised here,
+        on the device) or float images already normalised; returns the loss parts, averaged
+        over the step's networks."""
         p = self.progress
         set_lr(self.optimizer, self.schedule(p.step))
         self.optimizer.zero_grad(set_to_none=True)
         images = images.to(self.device, non_blocking=True)
-        boxes = [t["boxes"].to(self.device) for t in targets]
-        labels = [t["labels"].to(self.device) for t in targets]
+        if images.dtype == torch.uint8:
+            images = normalize(images)
+        boxes = [t["boxes"].to(self.device, non_blocking=True) for t in targets]
+        labels = [t["labels"].to(self.device, non_blocking=True) for t in targets]
         passes = self.plan.networks(p.step)
         totals = dict.fromkeys((*LOSS_KEYS, "num_pos"), 0.0)
         distill = self.cfg.distill > 0 and getattr(self.plan, "teacher_first", False) and len(passes) > 1
         teacher = None
+        losses: list[float] = []
         for i, net_pass in enumerate(passes):
-            size = pass_size(images.shape[-1], self.plan.base_input_size, net_pass.input_size)
-            x, bx = resize_batch(images, boxes, size)
-            x = x.contiguous(memory_format=self.memory_format)
-            with autocast(self.device, self.amp_dtype):
-                outs = self.net(x) if net_pass.arch is None else self.net(x, net_pass.arch)
-            outs = [o.float() for o in outs]
-            cls_logits, reg_logits, priors = flatten_outputs(outs, self.num_classes)
-            loss, parts = self.loss_fn(cls_logits, reg_logits, priors, bx, labels)
-            if distill and i == 0:
-                teacher = [o.detach() for o in outs]
-            elif distill:
-                kd = inplace_distillation_loss(outs, teacher, self.num_classes)
-                loss = loss + self.cfg.distill * kd
-                totals["loss_kd"] += kd.item()
-            if not math.isfinite(loss.item()):
-                raise TrainingDiverged(f"training diverged: the loss is {loss.item()} at step {p.step + 1} "
-                                       f"(lr {self.schedule(p.step):.4g}); lower --lr or lengthen the warm-up")
-            self.scaler.scale(loss).backward()
-            totals["loss"] += loss.item()
+            last = i == len(passes) - 1
+            with self._gradient_sync(last):
+                size = pass_size(images.shape[-1], self.plan.base_input_size, net_pass.input_size)
+                x, bx = resize_batch(images, boxes, size)
+                x = x.contiguous(memory_format=self.memory_format)
+                with autocast(self.device, self.amp_dtype):
+                    outs = self.net(x) if net_pass.arch is None else self.net(x, net_pass.arch)
+                outs = [o.float() for o in outs]
+                cls_logits, reg_logits, priors = flatten_outputs(outs, self.num_classes)
+                loss, parts = self.loss_fn(cls_logits, reg_logits, priors, bx, labels)
+                if distill and i == 0:
+                    teacher = [o.detach() for o in outs]
+                elif distill:
+                    kd = inplace_distillation_loss(outs, teacher, self.num_classes)
+                    loss = loss + self.cfg.distill * kd
+                    totals["loss_kd"] += kd.item()
+                losses.append(loss.item())
+                if last:
+                    self._check_finite(losses)
+                self.scaler.scale(loss).backward()
+            totals["loss"] += losses[-1]
             for k in ("loss_vfl", "loss_giou", "loss_dfl", "num_pos"):
                 totals[k] += parts[k]
         if self.cfg.grad_clip > 0:
@@ -383,13 +422,37 @@ class Trainer:
         p.step += 1
         return {k: v / len(passes) for k, v in totals.items()}
 
+    def _gradient_sync(self, last: bool):
+        """Under DDP, the passes before a step's last one run under `no_sync`: their gradients
+        accumulate locally and the last pass's backward all-reduces the sum, once per step."""
+        if last or not isinstance(self.net, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.net.no_sync()
+
+    def _check_finite(self, losses: Sequence[float]) -> None:
+        """Raise `TrainingDiverged` on every rank, with the same message, when a loss of this
+        step is not finite on any rank. Called before the backward that all-reduces the
+        gradients: a rank that stopped alone would leave the others waiting in it."""
+        own = next((v for v in losses if not math.isfinite(v)), 0.0)
+        values = gather_floats(self.dist, own)
+        ranks = [r for r, v in enumerate(values) if not math.isfinite(v)]
+        if not ranks:
+            return
+        where = ""
+        if self.dist.enabled:
+            where = f" on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+        step = self.progress.step
+        raise TrainingDiverged(f"training diverged: the loss is {values[ranks[0]]}{where} at step {step + 1} "
+                               f"(lr {self.schedule(step):.4g}); lower --lr or lengthen the warm-up")
+
     # ---- epoch end ------------------------------------------------------------------
     def _eval_due(self, epoch: int) -> bool:
         return (epoch + 1) % self.cfg.eval_interval == 0 or epoch + 1 == self.cfg.epochs
 
     @torch.no_grad()
     def _calibrate(self, epoch: int, weights: dict[str, torch.Tensor]) -> None:
-        """Recompute the BN statistics of the epoch's weights in place (rank 0, when due).
+        """Recompute the BN statistics of the epoch's weights in place (rank 0, when due; the
+        caller then shares rank 0's weights with every rank).
 
         Not in the BN-frozen epochs: there the weights were trained against the fixed running
         statistics, eval mode reproduces the training forward pass exactly, and recomputing them
@@ -408,7 +471,8 @@ class Trainer:
         self.log.debug(f"BN recalibration took {time.perf_counter() - t0:.1f} s")
 
     def _evaluate(self, epoch: int, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        if not (self._eval_due(epoch) and self.dist.is_main and self.evaluator is not None):
+        """The evaluator's numbers for the epoch's weights, on every rank (when due)."""
+        if not (self._eval_due(epoch) and self.evaluator is not None):
             return {}
         self._eval_model.load_state_dict(weights)
         t0 = time.perf_counter()
