@@ -3,8 +3,8 @@
 The same fixed list of feasible candidates is scored by a `RayPool` of each size, exactly as
 `nas evolve` scores them (supernet weights put once in the object store, one PyTorch thread
 per worker, candidates dispatched as workers free up, BN recalibration + COCO mAP per
-candidate). Each pool first scores a warm-up set (every input size once per worker: the
-workers build their decoded-image caches lazily), which is timed separately as start-up;
+candidate; the images decoded once by the driver and shared through the object store). Each pool
+first scores a warm-up set (every input size once per worker), which is timed separately as start-up;
 the figure is the steady-state rate over the measured candidates. `worker_seconds_per_candidate`
 (the time inside a worker) shows contention: it stays flat when every worker has a free core
 and grows when the workers (or other processes) share cores. The scores of every pool
@@ -36,6 +36,7 @@ import yaml
 from evolution.data import prepare_subsets
 from evolution.operators import Constraint, FeasibleSampler, GenomeSpace
 from evolution.pools import RayPool, RaySession
+from evolution.scoring import NetworkScorer
 from picodet_nas.checkpoint import load_model_weights
 from picodet_nas.data import resolve_data
 from picodet_nas.latency import LatencyPredictor
@@ -67,10 +68,14 @@ def warmup_set(predictor: LatencyPredictor, workers: int, seed: int) -> list:
     return out
 
 
-def measure(session: RaySession, workers: int, archs: list, warmup: list, *, state, meta, data, log) -> dict:
+def measure(session: RaySession, workers: int, archs: list, warmup: list, *, state, meta, data, log,
+            sizes, device: str = "cpu", gpus_per_worker: float = 0.0) -> dict:
     started = time.perf_counter()
+    images = NetworkScorer(data).decoded_images(sizes)  # as nas evolve: decoded once, shared
     pool = RayPool(session, workers=workers, threads_per_worker=1, space_definition=meta["space_definition"],
-                   num_classes=meta["num_classes"], state=state, data=data, log=log)
+                   num_classes=meta["num_classes"], state=state, data=data, log=log, images=images, device=device,
+                   gpus_per_worker=gpus_per_worker)
+    del images
     try:
         for _ in pool.score(warmup):
             pass
@@ -99,6 +104,8 @@ def main() -> None:
     p.add_argument("--space", type=Path, help="space YAML for the toy supernet (default: evolution.toy.TOY_SPACE)")
     p.add_argument("--seed", type=int, default=0, help="seed of the candidates and the toy inputs (default: 0)")
     p.add_argument("--work-dir", type=Path, help="where the toy inputs go (default: a temporary folder)")
+    p.add_argument("--device", default="cpu", help="where the workers score: cpu or cuda (default: cpu)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="share of a GPU per worker with --device cuda")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()
 
@@ -126,7 +133,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     session = RaySession(None, max(max(args.workers), os.cpu_count() or 1), log)  # one Ray instance for all sizes
     try:
         runs = [measure(session, w, archs, warmup_set(predictor, w, args.seed), state=state, meta=meta,
-                        data=subsets.data, log=log) for w in args.workers]
+                        data=subsets.data, log=log, sizes=predictor.input_sizes, device=args.device,
+                        gpus_per_worker=args.gpus_per_worker) for w in args.workers]
     finally:
         session.close()
     base = runs[0]
@@ -143,7 +151,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
                     "note": "a speed-up needs as many idle cores as workers; other processes' load shows here"},
         "config": {"space": predictor.space.name, "input_sizes": list(predictor.input_sizes),
                    "calib_images": subsets.calib_images, "val_images": subsets.val_images,
-                   "image_size": args.image_size, "threads_per_worker": 1, "candidates": args.candidates},
+                   "image_size": args.image_size, "threads_per_worker": 1, "candidates": args.candidates,
+                   "device": args.device, "gpus_per_worker": args.gpus_per_worker},
         "runs": runs,
         "speedup": runs[-1]["speedup_vs_%d" % base["workers"]],
         "scores_identical_across_pool_sizes": same,

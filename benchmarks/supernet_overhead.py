@@ -95,18 +95,29 @@ def make_step(model, arch: Arch, loss_kind: str, num_classes: int, batch):
     return step
 
 
-def timed(step) -> float:
+def timed(step, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t0
+
+
+def _to(x, device: torch.device):
+    return [t.to(device) for t in x] if isinstance(x, list) else x.to(device)
 
 
 def time_space(space: SearchSpace, args) -> list[dict]:
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     sn = Supernet(space, args.num_classes).train()
     archs = {which: subnet(space, which) for which in SUBNETS}
-    batches = {which: make_batch(a, args.batch, args.num_classes, args.seed) for which, a in archs.items()}
-    statics = {which: sn.extract(a).train() for which, a in archs.items()}
+    batches = {which: tuple(_to(x, device) for x in make_batch(a, args.batch, args.num_classes, args.seed))
+               for which, a in archs.items()}
+    statics = {which: sn.extract(a).train().to(device) for which, a in archs.items()}
+    sn.to(device)
     steps = {
         (which, variant, loss): make_step(sn if variant == "supernet" else statics[which], archs[which], loss,
                                           args.num_classes, batches[which])
@@ -117,7 +128,7 @@ def time_space(space: SearchSpace, args) -> list[dict]:
         for which in SUBNETS:
             for loss in LOSSES:
                 for variant in ("supernet", "static"):
-                    t = timed(steps[(which, variant, loss)])
+                    t = timed(steps[(which, variant, loss)], device)
                     if rep >= args.warmup:
                         times[(which, variant, loss)].append(t)
     rows = []
@@ -195,6 +206,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of weights and synthetic data (default 0)")
     p.add_argument("--memory-steps", type=int, default=3, help="steps per memory subprocess (default 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--device", default="cpu", help="where the steps run: cpu or cuda (memory is measured on the CPU "
+                   "only; use --no-memory on a GPU)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--child-subnet", choices=SUBNETS, help=argparse.SUPPRESS)
     p.add_argument("--child-variant", choices=("supernet", "static"), help=argparse.SUPPRESS)
@@ -226,6 +239,7 @@ def main(argv=None) -> int:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "threads": args.threads,
+            "device": args.device,
             "batch": args.batch,
             "repeats": args.repeats,
             "warmup": args.warmup,
