@@ -13,17 +13,7 @@ the centre of the 5x5 one). The contract of every op, as in OFA:
 * the leaves (`DynamicConv2d`, `DynamicBatchNorm2d`) also give `active_state()`: the
   state dict that static module would have, without building it.
 
-Channel sets
-------------
-Activations inside the supernet are compact (a subnet with 40 mid channels carries 40-channel
-tensors), but the channels they hold are not always a prefix of the largest layout. When a
-layer reads the concatenation of two tensors that are each elastic, its input channels in the
-largest layout are two prefixes: in a stride-1 ES block the SE and the final 1x1 conv see
-`cat[a, b]` with `a`, `b` of `m/2` channels each, i.e. channels `[0, m/2) U [M/2, M/2 + m/2)`
-of the largest (`M`) layout. A channel set is therefore a tuple of half-open ranges in the
-largest layout (`Ranges`); an integer `n` means the prefix `[0, n)`. Slicing a weight by one
-range is a view (free); by several, an `index_select` (a small copy of the weight, never of
-the activation).
+Channel sets are those of `picodet_nas.models.channels`.
 
 Batch norm
 ----------
@@ -37,50 +27,12 @@ output channels are a prefix in every layer of this network.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from picodet_nas.models.channels import Channels, Ranges, as_ranges, prefix, width
 from picodet_nas.models.layers import ConvBN, DPModule, HardSigmoid, SqueezeExcite
-
-Ranges = tuple[tuple[int, int], ...]
-Channels = Union[int, Ranges]  # an int n is the prefix [0, n)
-
-
-def prefix(n: int) -> Ranges:
-    """The first `n` channels."""
-    return ((0, n),)
-
-
-def stacked_prefixes(n: int, max_n: int, parts: int = 2) -> Ranges:
-    """The channels of `parts` tensors of `n` active channels each, concatenated, where each
-    tensor occupies a slot of `max_n` channels in the largest layout:
-    `[0, n) U [max_n, max_n + n) U ...`."""
-    return tuple((p * max_n, p * max_n + n) for p in range(parts))
-
-
-def as_ranges(channels: Channels, max_channels: int) -> Ranges:
-    """Normalise a channel set: an int is a prefix; adjacent ranges are merged; every range
-    must be non-empty, in order, and inside `[0, max_channels)`."""
-    if isinstance(channels, int):
-        channels = prefix(channels)
-    merged: list[list[int]] = []
-    for start, stop in channels:
-        if not 0 <= start < stop <= max_channels or (merged and start < merged[-1][1]):
-            raise ValueError(f"invalid channel set {tuple(channels)} for a layer of {max_channels} channels")
-        if merged and start == merged[-1][1]:
-            merged[-1][1] = stop
-        else:
-            merged.append([start, stop])
-    return tuple((a, b) for a, b in merged)
-
-
-def width(ranges: Ranges) -> int:
-    """Number of channels in a channel set."""
-    return sum(stop - start for start, stop in ranges)
-
 
 @dataclass(frozen=True, eq=False)
 class _ConvSlice:

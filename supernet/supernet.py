@@ -37,12 +37,13 @@ from torch.nn import functional as F
 
 from picodet_nas.arch import NUM_BLOCKS, REG_MAX, STEM_CHANNELS, STRIDES, Arch, block_is_downsample, block_stage
 from picodet_nas.checkpoint import apply_state
+from picodet_nas.models.channels import stacked_prefixes
 from picodet_nas.models.detector import HEAD_KERNEL, NECK_KERNEL, PicoDet, build_model, flatten_outputs
 from picodet_nas.models.esnet import OUT_BLOCKS, Stem
 from picodet_nas.models.layers import ConvBN, channel_shuffle
 from picodet_nas.space import SearchSpace
 
-from .dynamic import DynamicBatchNorm2d, DynamicConv2d, DynamicConvBN, DynamicDPModule, DynamicSE, stacked_prefixes
+from .dynamic import DynamicBatchNorm2d, DynamicConv2d, DynamicConvBN, DynamicDPModule, DynamicSE
 
 
 # ---- backbone ------------------------------------------------------------------------------

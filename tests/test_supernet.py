@@ -16,8 +16,8 @@ from picodet_nas.space import load_space
 from picodet_nas.summary import count_params
 from picodet_nas.bn_stats import recalibrate_bn
 from supernet import Supernet, SubnetSampler
-from supernet.dynamic import (DynamicBatchNorm2d, DynamicConv2d, DynamicConvBN, DynamicDPModule, DynamicSE,
-                              stacked_prefixes)
+from picodet_nas.models.channels import stacked_prefixes
+from supernet.dynamic import DynamicBatchNorm2d, DynamicConv2d, DynamicConvBN, DynamicDPModule, DynamicSE
 
 SPACES = ("esnet_s", "esnet_m", "esnet_l", "picodet_s_joint", "picodet_m_joint", "picodet_l_joint", "quickstart")
 NUM_CLASSES = 3
