@@ -1,29 +1,17 @@
-"""Dynamic (sliceable) layers: the ops of the weight-sharing supernet, after Once-for-All.
+"""Sliceable layers: the primitives of the weight-sharing supernet, after Once-for-All.
 
-Every op owns the weights of its *largest* configuration and, on each call, runs only the
+Every layer owns the weights of its *largest* configuration and, on each call, runs only the
 *active* sub-configuration chosen by `set_active(...)`: the first channels of the largest
-weights and, for depthwise convolutions, the centre of the largest kernel (a 3x3 kernel is
-the centre of the 5x5 one). The contract of every op, as in OFA:
+weights (or the channel sets of `picodet_nas.models.channels`) and, for depthwise
+convolutions, the centre of the largest kernel (a 3x3 kernel is the centre of the 5x5 one).
+Each starts at its largest configuration. `SLICEABLE` passes them to the blocks of
+`picodet_nas.models`, which are defined once and choose their layers' slices in their own
+`set_active`; so the supernet is `PicoDet` built of these layers.
 
-* `set_active(...)` chooses the sub-configuration (kept until the next call);
-* `forward(x)` runs it on `x`, which holds exactly the active input channels;
-* `export()` returns a plain static module of the active size (`nn.Conv2d`,
-  `nn.BatchNorm2d`, `ConvBN`, `SqueezeExcite`, `DPModule`) carrying *copies* of the
-  active weights and BN running statistics, computing the same function;
-* the leaves (`DynamicConv2d`, `DynamicBatchNorm2d`) also give `active_state()`: the
-  state dict that static module would have, without building it.
-
-Channel sets
-------------
-Activations inside the supernet are compact (a subnet with 40 mid channels carries 40-channel
-tensors), but the channels they hold are not always a prefix of the largest layout. When a
-layer reads the concatenation of two tensors that are each elastic, its input channels in the
-largest layout are two prefixes: in a stride-1 ES block the SE and the final 1x1 conv see
-`cat[a, b]` with `a`, `b` of `m/2` channels each, i.e. channels `[0, m/2) U [M/2, M/2 + m/2)`
-of the largest (`M`) layout. A channel set is therefore a tuple of half-open ranges in the
-largest layout (`Ranges`); an integer `n` means the prefix `[0, n)`. Slicing a weight by one
-range is a view (free); by several, an `index_select` (a small copy of the weight, never of
-the activation).
+The static network of the active configuration is read off these layers by one path:
+`active_state_dict(module)`, the state dict the static module of the active size would have
+(the active slice of every weight and BN statistic), which `Supernet.extract` loads into
+`build_model(arch)`.
 
 Batch norm
 ----------
@@ -37,49 +25,14 @@ output channels are a prefix in every layer of this network.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from itertools import islice
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from picodet_nas.models.layers import ConvBN, DPModule, HardSigmoid, SqueezeExcite
-
-Ranges = tuple[tuple[int, int], ...]
-Channels = Union[int, Ranges]  # an int n is the prefix [0, n)
-
-
-def prefix(n: int) -> Ranges:
-    """The first `n` channels."""
-    return ((0, n),)
-
-
-def stacked_prefixes(n: int, max_n: int, parts: int = 2) -> Ranges:
-    """The channels of `parts` tensors of `n` active channels each, concatenated, where each
-    tensor occupies a slot of `max_n` channels in the largest layout:
-    `[0, n) U [max_n, max_n + n) U ...`."""
-    return tuple((p * max_n, p * max_n + n) for p in range(parts))
-
-
-def as_ranges(channels: Channels, max_channels: int) -> Ranges:
-    """Normalise a channel set: an int is a prefix; adjacent ranges are merged; every range
-    must be non-empty, in order, and inside `[0, max_channels)`."""
-    if isinstance(channels, int):
-        channels = prefix(channels)
-    merged: list[list[int]] = []
-    for start, stop in channels:
-        if not 0 <= start < stop <= max_channels or (merged and start < merged[-1][1]):
-            raise ValueError(f"invalid channel set {tuple(channels)} for a layer of {max_channels} channels")
-        if merged and start == merged[-1][1]:
-            merged[-1][1] = stop
-        else:
-            merged.append([start, stop])
-    return tuple((a, b) for a, b in merged)
-
-
-def width(ranges: Ranges) -> int:
-    """Number of channels in a channel set."""
-    return sum(stop - start for start, stop in ranges)
+from picodet_nas.models.channels import Channels, Ranges, as_ranges, prefix, width
+from picodet_nas.models.layers import Layers
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,11 +52,12 @@ class _ConvSlice:
 class DynamicConv2d(nn.Conv2d):
     """A `Conv2d` that holds the largest weights and runs a slice of them.
 
-    Dense (`depthwise=False`): weight `[max_out, max_in, K, K]`; the active conv uses the rows
-    `out_channels` and the columns `in_channels`. Depthwise (`depthwise=True`): weight
-    `[C, 1, K, K]`, groups = channels; the active conv runs on the channels `in_channels`
-    (output channels are the same set). In both, an active kernel `k < K` is the centre
-    `k x k` of the largest kernel, with padding `(k - 1) // 2`.
+    Built as `conv2d` of `picodet_nas.models.layers` builds a static one (padding (k - 1) / 2),
+    at the largest size. Dense (`groups=1`): weight `[max_out, max_in, K, K]`; the active conv
+    uses the rows `out_channels` and the columns `in_channels`. Depthwise (`groups` = channels):
+    weight `[C, 1, K, K]`; the active conv runs on the channels `in_channels` (output channels
+    are the same set). In both, an active kernel `k < K` is the centre `k x k` of the largest
+    kernel, with padding `(k - 1) // 2`.
 
     A one-range channel set is taken as a slice (a view); a split one with `index_select` on
     an index tensor built once per configuration and kept on the weight's device (one op
@@ -113,13 +67,12 @@ class DynamicConv2d(nn.Conv2d):
     these has the same state-dict keys as the static network.
     """
 
-    def __init__(self, max_in: int, max_out: int, max_kernel: int = 1, stride: int = 1,
-                 depthwise: bool = False, bias: bool = False):
-        if depthwise and max_in != max_out:
-            raise ValueError(f"a depthwise conv has as many outputs as inputs, got {max_in} -> {max_out}")
-        super().__init__(max_in, max_out, max_kernel, stride, (max_kernel - 1) // 2,
-                         groups=max_in if depthwise else 1, bias=bias)
-        self.depthwise = depthwise
+    def __init__(self, max_in: int, max_out: int, max_kernel: int = 1, stride: int = 1, groups: int = 1,
+                 bias: bool = False):
+        if groups != 1 and not groups == max_in == max_out:
+            raise ValueError(f"a conv is dense or depthwise, got groups={groups} for {max_in} -> {max_out}")
+        super().__init__(max_in, max_out, max_kernel, stride, (max_kernel - 1) // 2, groups=groups, bias=bias)
+        self.depthwise = groups != 1
         self.max_kernel = max_kernel
         self._slices: dict[tuple, _ConvSlice] = {}
         self.set_active()
@@ -223,14 +176,6 @@ class DynamicConv2d(nn.Conv2d):
             state["bias"] = self.active_bias().detach().clone()
         return state
 
-    def export(self) -> nn.Conv2d:
-        cout, k = width(self.active_out), self.active_kernel
-        cin = cout if self.depthwise else width(self.active_in)
-        conv = nn.Conv2d(cin, cout, k, self.stride, (k - 1) // 2, groups=self._active.groups, bias=self.bias is not None,
-                         device=self.weight.device, dtype=self.weight.dtype)
-        conv.load_state_dict(self.active_state())
-        return conv
-
 
 class DynamicBatchNorm2d(nn.BatchNorm2d):
     """A `BatchNorm2d` over the largest width that normalises the first `active_features`
@@ -268,89 +213,40 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
             "num_batches_tracked": self.num_batches_tracked.clone(),
         }
 
-    def export(self) -> nn.BatchNorm2d:
-        bn = nn.BatchNorm2d(self.active_features, self.eps, self.momentum,
-                            device=self.weight.device, dtype=self.weight.dtype)
-        bn.load_state_dict(self.active_state())
-        return bn
 
+class DynamicSequential(nn.Sequential):
+    """An `nn.Sequential` that runs its first `active_depth` layers (elastic depth)."""
 
-class DynamicConvBN(nn.Module):
-    """Dynamic twin of `ConvBN` (conv without bias, BN, optional hard-swish), same names."""
+    def __init__(self, *layers: nn.Module):
+        super().__init__(*layers)
+        self.active_depth = len(self)
 
-    def __init__(self, max_in: int, max_out: int, max_kernel: int = 1, stride: int = 1,
-                 depthwise: bool = False, act: bool = True):
-        super().__init__()
-        self.conv = DynamicConv2d(max_in, max_out, max_kernel, stride, depthwise)
-        self.bn = DynamicBatchNorm2d(max_out)
-        self.act = nn.Hardswish() if act else nn.Identity()
-
-    def set_active(self, in_channels: Channels | None = None, out_channels: Channels | None = None,
-                   kernel_size: int | None = None) -> None:
-        self.conv.set_active(in_channels, out_channels, kernel_size)
-        out = self.conv.active_out
-        if len(out) != 1 or out[0][0] != 0:
-            raise ValueError(f"a ConvBN's output channels must be a prefix, got {out}")
-        self.bn.set_active(width(out))
+    def set_active(self, depth: int | None = None) -> None:
+        d = len(self) if depth is None else depth
+        if not 0 <= d <= len(self):
+            raise ValueError(f"depth must be in [0, {len(self)}], got {d}")
+        self.active_depth = d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
-
-    def export(self) -> ConvBN:
-        conv = self.conv.export()
-        m = ConvBN(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.groups,
-                   act=isinstance(self.act, nn.Hardswish))
-        m.conv, m.bn = conv, self.bn.export()
-        return m
+        for layer in islice(self, self.active_depth):
+            x = layer(x)
+        return x
 
 
-class DynamicSE(nn.Module):
-    """Dynamic twin of `SqueezeExcite`: for `c` active channels the hidden width is
-    `c // reduction` (the first ones), as the static module of `c` channels has."""
-
-    def __init__(self, max_channels: int, reduction: int = 4):
-        super().__init__()
-        self.reduction = reduction
-        hidden = max_channels // reduction
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.reduce = DynamicConv2d(max_channels, hidden, bias=True)
-        self.relu = nn.ReLU()
-        self.expand = DynamicConv2d(hidden, max_channels, bias=True)
-        self.gate = HardSigmoid()
-
-    def set_active(self, channels: Channels | None = None) -> None:
-        ranges = as_ranges(self.reduce.in_channels if channels is None else channels, self.reduce.in_channels)
-        hidden = width(ranges) // self.reduction
-        self.reduce.set_active(ranges, hidden)
-        self.expand.set_active(hidden, ranges)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
-
-    def export(self) -> SqueezeExcite:
-        m = SqueezeExcite(width(self.reduce.active_in), self.reduction)
-        m.reduce, m.expand = self.reduce.export(), self.expand.export()
-        return m
+SLICEABLE = Layers(DynamicConv2d, DynamicBatchNorm2d, DynamicSequential, initialise=False)
 
 
-class DynamicDPModule(nn.Module):
-    """Dynamic twin of `DPModule` (depthwise k x k ConvBN + act, pointwise ConvBN + act),
-    elastic in its channel count (a prefix); the kernel is fixed."""
+def active_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the static module of the active size, for a module built of
+    `SLICEABLE` layers: every sliceable leaf's active state (copies), leaving out the layers
+    a `DynamicSequential` does not run."""
+    def key(name: str, child: object) -> str:
+        return f"{name}.{child}" if name else str(child)
 
-    def __init__(self, max_channels: int, kernel_size: int = 5, stride: int = 1):
-        super().__init__()
-        self.dw = DynamicConvBN(max_channels, max_channels, kernel_size, stride, depthwise=True)
-        self.pw = DynamicConvBN(max_channels, max_channels, 1)
-
-    def set_active(self, channels: int) -> None:
-        self.dw.set_active(channels)
-        self.pw.set_active(channels, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pw(self.dw(x))
-
-    def export(self) -> DPModule:
-        dw, pw = self.dw.export(), self.pw.export()
-        m = DPModule(dw.conv.in_channels, dw.conv.kernel_size[0], dw.conv.stride[0])
-        m.dw, m.pw = dw, pw
-        return m
+    idle = tuple(key(name, f"{i}.") for name, m in module.named_modules() if isinstance(m, DynamicSequential)
+                 for i in range(m.active_depth, len(m)))
+    state = {}
+    for name, m in module.named_modules():
+        if isinstance(m, (DynamicConv2d, DynamicBatchNorm2d)) and not key(name, "").startswith(idle):
+            state.update({key(name, k): v for k, v in m.active_state().items()})
+    return state

@@ -1,4 +1,4 @@
-"""The weight-sharing supernet: dynamic ops, subnet equivalence with the static builder,
+"""The weight-sharing supernet: sliceable layers, subnet equivalence with the static builder,
 sampling, BN recalibration and gradient locality. Small inputs: it is the weights that matter."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from torch import nn
 
 from picodet_nas.errors import SpaceError
 from picodet_nas.models import build_model
+from picodet_nas.models.channels import stacked_prefixes
+from picodet_nas.models.layers import ConvBN, DPModule, SqueezeExcite
 from picodet_nas.space import load_space
 from picodet_nas.summary import count_params
 from picodet_nas.bn_stats import recalibrate_bn
 from supernet import Supernet, SubnetSampler
-from supernet.dynamic import (DynamicBatchNorm2d, DynamicConv2d, DynamicConvBN, DynamicDPModule, DynamicSE,
-                              stacked_prefixes)
+from supernet.dynamic import SLICEABLE, DynamicBatchNorm2d, DynamicConv2d, active_state_dict
 
 SPACES = ("esnet_s", "esnet_m", "esnet_l", "picodet_s_joint", "picodet_m_joint", "picodet_l_joint", "quickstart")
 NUM_CLASSES = 3
@@ -107,34 +108,41 @@ def _one_thread():
     _SUPERNETS.clear()
 
 
-# ---- dynamic ops ---------------------------------------------------------------------------
-def test_dynamic_conv_runs_split_channels_and_kernel_centre():
+# ---- sliceable layers ----------------------------------------------------------------------
+def static_copy(static: nn.Module, sliceable: nn.Module) -> nn.Module:
+    """`static` (a module of the active size) loaded with the active slices of `sliceable`:
+    strict, so keys and shapes must match."""
+    static.load_state_dict(active_state_dict(sliceable))
+    return static
+
+
+def test_sliceable_conv_runs_split_channels_and_kernel_centre():
     torch.manual_seed(0)
-    conv = DynamicConv2d(16, 12, max_kernel=5, bias=True)
+    conv = DynamicConv2d(16, 12, 5, bias=True)
     conv.set_active(in_channels=stacked_prefixes(3, 8), out_channels=5, kernel_size=3)
     x = torch.randn(2, 6, 9, 9)
     w = torch.cat([conv.weight[:5, 0:3], conv.weight[:5, 8:11]], dim=1)[:, :, 1:4, 1:4]
     ref = nn.functional.conv2d(x, w, conv.bias[:5], padding=1)
     assert torch.allclose(conv(x), ref, atol=1e-6)
-    static = conv.export()
-    assert (static.in_channels, static.out_channels, static.kernel_size, static.padding) == (6, 5, (3, 3), (1, 1))
+    static = static_copy(nn.Conv2d(6, 5, 3, padding=1), conv)
     assert torch.allclose(static(x), ref, atol=1e-6)
     assert static.weight.data_ptr() != conv.weight.data_ptr()
+    with pytest.raises(ValueError):
+        DynamicConv2d(16, 12, 3, groups=4)
 
 
-def test_dynamic_depthwise_conv_and_convbn_export():
+def test_sliceable_depthwise_convbn():
     torch.manual_seed(0)
-    op = randomize_(DynamicConvBN(8, 8, max_kernel=5, stride=2, depthwise=True), seed=1).eval()
+    op = randomize_(ConvBN(8, 8, 5, 2, groups=8, act=False, layers=SLICEABLE), seed=1).eval()
     op.set_active(6, kernel_size=3)
     x = torch.randn(2, 6, 11, 11)
-    static = op.export().eval()
-    assert static.conv.groups == 6 and static.conv.kernel_size == (3, 3) and static.conv.stride == (2, 2)
+    static = static_copy(ConvBN(6, 6, 3, 2, groups=6, act=False), op).eval()
     assert torch.allclose(op(x), static(x), atol=1e-6)
     with pytest.raises(ValueError):
         op.set_active(6, kernel_size=7)
 
 
-def test_dynamic_bn_trains_on_active_channels_only():
+def test_sliceable_bn_trains_on_active_channels_only():
     torch.manual_seed(0)
     bn = DynamicBatchNorm2d(10)
     bn.set_active(4)
@@ -143,21 +151,20 @@ def test_dynamic_bn_trains_on_active_channels_only():
     assert torch.allclose(bn(x), ref(x), atol=1e-6)
     assert torch.allclose(bn.running_mean[:4], ref.running_mean) and torch.allclose(bn.running_var[:4], ref.running_var)
     assert torch.all(bn.running_mean[4:] == 0) and torch.all(bn.running_var[4:] == 1)
-    exported = bn.export()
-    assert exported.num_features == 4 and torch.equal(exported.running_mean, bn.running_mean[:4])
+    static = static_copy(nn.BatchNorm2d(4), bn)
+    assert torch.equal(static.running_mean, bn.running_mean[:4]) and static.num_batches_tracked == 1
 
 
-def test_dynamic_se_and_dp_module_export():
+def test_sliceable_se_and_dp_module():
     torch.manual_seed(0)
-    se = randomize_(DynamicSE(16), seed=2)
+    se = randomize_(SqueezeExcite(16, layers=SLICEABLE), seed=2)
     se.set_active(stacked_prefixes(4, 8))
     x = torch.randn(2, 8, 5, 5)
-    static = se.export()
-    assert static.reduce.in_channels == 8 and static.reduce.out_channels == 2
+    static = static_copy(SqueezeExcite(8), se)  # reduce 8 -> 2 channels
     assert torch.allclose(se(x), static(x), atol=1e-6)
-    dp = randomize_(DynamicDPModule(16, 5, 2), seed=3).eval()
+    dp = randomize_(DPModule(16, 5, 2, layers=SLICEABLE), seed=3).eval()
     dp.set_active(8)
-    assert torch.allclose(dp(x), dp.export().eval()(x), atol=1e-6)
+    assert torch.allclose(dp(x), static_copy(DPModule(8, 5, 2), dp).eval()(x), atol=1e-6)
 
 
 # ---- subnet equivalence --------------------------------------------------------------------
