@@ -4,7 +4,7 @@ Presets, search spaces, the supernet, the latency predictor, `best.yaml` and
 `nas retrain` all speak it. It is immutable and hashable, so it can key caches
 (the search never scores the same architecture twice) and be compared exactly.
 
-Widths follow the legacy ESNet rules (picodet-architecture.md §1.4): stage output
+Widths follow the legacy ESNet rules: stage output
 widths are `make_divisible(base * scale, 16)` and each block's internal "mid" width is
 `make_divisible(int(C_stage * channel_ratio[i]), 8)`.
 """
@@ -169,7 +169,7 @@ def _validate(a: Arch) -> None:
         raise ArchError(f"input_size must be a multiple of 32 in [64, 2048], got {a.input_size!r}")
 
 
-# ---- presets: the released legacy ESNet models (picodet-architecture.md §1.5, §2, §3) ----
+# ---- presets: the released legacy ESNet models ----
 _S_RATIOS = (0.875, 0.5, 0.5, 0.5, 0.625, 0.5, 0.625, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5)
 _ML_RATIOS = (0.875, 0.5, 1.0, 0.625, 0.5, 0.75, 0.625, 0.625, 0.5, 0.625, 1.0, 0.625, 0.75)
 

@@ -1,10 +1,10 @@
-"""PP-PicoDet training losses: VFL + GIoU + DFL with SimOTA targets (spec §4.2).
+"""PP-PicoDet training losses: VFL + GIoU + DFL with SimOTA targets.
 
 Mirrors PaddleDetection release/2.3 ``OTAVFLHead.get_loss``. The head's levels are
 flattened into one prior axis; every per-level sum of the reference is a sum over priors,
 so summing over the flattened axis gives the same totals.
 
-Normalisers under DDP, as the reference behaves (spec §4.2): the VFL normaliser
+Normalisers under DDP, as the reference behaves: the VFL normaliser
 ``sum over this process's images of max(#pos, 1)`` stays per process (the reference's
 all-reduce of it fails on a Python int and falls back silently), while the box-loss
 normaliser ``sum of w`` is averaged over processes before clipping at 1.

@@ -1,5 +1,5 @@
 """From raw head outputs to detections: decode the box distributions, keep the top
-candidates per level, and run multi-class NMS (release/2.3 settings, §3.4 of the spec)."""
+candidates per level, and run multi-class NMS (release/2.3 settings)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SimOTA label assignment with the VFL + GIoU cost of PP-PicoDet (spec §4.1).
+"""SimOTA label assignment with the VFL + GIoU cost of PP-PicoDet.
 
 Follows PaddleDetection release/2.3 ``SimOTAAssigner`` (``use_vfl=True``) step by step;
 the only deliberate differences are noted where they occur:

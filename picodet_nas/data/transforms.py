@@ -1,4 +1,4 @@
-"""PicoDet's training augmentation and evaluation preprocessing (architecture spec §5.5-5.6).
+"""PicoDet's training augmentation and evaluation preprocessing.
 
 Per sample, in order: RandomCrop -> RandomFlip(0.5) -> RandomDistort; per batch:
 BatchRandomResize -> normalize -> NCHW float32. Every random choice draws from a

@@ -1,6 +1,6 @@
 """The training recipe as one flat, immutable config, with the published defaults.
 
-Defaults are PP-PicoDet's recipe (picodet-architecture.md §5): SGD momentum 0.9, weight decay
+Defaults are PP-PicoDet's recipe: SGD momentum 0.9, weight decay
 4e-5, 300 warm-up iterations from 0.1x, per-iteration cosine over the max-epoch horizon,
 cycle-EMA 0.9998 reset every 40 epochs, multi-scale training at input +-64 px in steps of 32,
 evaluation every 10 epochs. Epochs, per-process batch and base LR depend on the model size
@@ -38,7 +38,7 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 MULTISCALE_OFFSETS = (-64, -32, 0, 32, 64)
 
-# (family, published input size) -> per-GPU batch (picodet-architecture.md §5.3)
+# (family, published input size) -> per-GPU batch
 _PUBLISHED_BATCH = {
     ("S", 320): 128, ("S", 416): 80, ("S", 640): 80,
     ("M", 320): 128, ("M", 416): 80, ("M", 640): 80,
@@ -55,7 +55,7 @@ def recipe_family(arch: Arch) -> str:
 
 
 def multiscale_sizes(input_size: int) -> tuple[int, ...]:
-    """Training sizes of the batch-random resize: 320 -> 256..384 in steps of 32 (§5.5)."""
+    """Training sizes of the batch-random resize: 320 -> 256..384 in steps of 32."""
     return tuple(input_size + d for d in MULTISCALE_OFFSETS if input_size + d >= 32)
 
 

@@ -1,4 +1,4 @@
-"""Cycle-EMA of the whole state dict (picodet-architecture.md §5.4, PaddleDetection ModelEMA).
+"""Cycle-EMA of the whole state dict (PaddleDetection ModelEMA).
 
 * The average starts at zeros, BN running statistics included.
 * Every iteration, with `t` the updates since the last reset:

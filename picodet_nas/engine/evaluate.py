@@ -1,5 +1,5 @@
 """COCO evaluation of a detector on a dataset, the one code path of training, `nas eval` and
-the supernet's subnet scoring: eval preprocessing (§5.6), release/2.3 post-processing (§3.4),
+the supernet's subnet scoring: eval preprocessing, release/2.3 post-processing,
 pycocotools bbox mAP.
 
 Under DDP every rank evaluates: each predicts its share of the batches, rank 0 gathers the

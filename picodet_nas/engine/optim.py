@@ -1,4 +1,4 @@
-"""SGD with PicoDet's weight-decay exemptions (picodet-architecture.md §5.1).
+"""SGD with PicoDet's weight-decay exemptions.
 
 PaddleDetection puts `L2Decay(0)` on the BN scale and shift of ESNet and of the PicoHead
 towers, so those get no weight decay; the CSP-PAN's BN parameters keep the global 4e-5, as do

@@ -1,4 +1,4 @@
-"""Learning rate per iteration: linear warm-up, then cosine (picodet-architecture.md §5.2).
+"""Learning rate per iteration: linear warm-up, then cosine.
 
 As PaddleDetection builds it (LinearWarmup + CosineDecay): during the first `warmup_iters`
 iterations the LR is `peak * (start * (1 - i / W) + i / W)`; after that it is the cosine

@@ -1,4 +1,4 @@
-"""CSP-PAN neck with the extra stride-64 level (picodet-architecture.md §2)."""
+"""CSP-PAN neck with the extra stride-64 level."""
 
 from __future__ import annotations
 

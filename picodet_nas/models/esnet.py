@@ -1,4 +1,4 @@
-"""ESNet backbone (legacy PP-PicoDet, picodet-architecture.md §1)."""
+"""ESNet backbone (legacy PP-PicoDet)."""
 
 from __future__ import annotations
 

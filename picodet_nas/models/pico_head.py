@@ -1,5 +1,5 @@
 """PicoHead: per-level depthwise towers and one shared cls/box-distribution output conv
-per level (picodet-architecture.md §3)."""
+per level."""
 
 from __future__ import annotations
 

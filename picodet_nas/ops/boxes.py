@@ -1,7 +1,7 @@
 """Box geometry shared by the head, the assigner, the losses and post-processing.
 
 All boxes are ``xyxy`` in input pixels unless a caller divides by the stride first
-(the losses work in stride units, see spec §4.2). Every function is batched over
+(the losses work in stride units). Every function is batched over
 leading dimensions and differentiable, so the same code serves training and inference.
 """
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 def box_area(boxes):
     """Area of ``[..., 4]`` xyxy boxes, ``[...]``. No ``+1``: boxes are continuous
-    (PicoDet uses ``normalized=True``, spec §3.4)."""
+    (PicoDet uses ``normalized=True``)."""
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
@@ -100,7 +100,7 @@ def bbox2distance(points, boxes, max_dis=None, eps=0.1):
 
     With ``max_dis`` set (the DFL target, ``max_dis = reg_max``) each distance is clipped
     to ``[0, max_dis - eps]``, so the right-hand bin ``floor(y) + 1`` always exists
-    (``[0, 6.9]`` for reg_max 7, spec §4.2).
+    (``[0, 6.9]`` for reg_max 7).
     """
     left = points[..., 0] - boxes[..., 0]
     top = points[..., 1] - boxes[..., 1]

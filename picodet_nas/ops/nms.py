@@ -12,7 +12,7 @@ CPU kernel applies (``non_max_suppression.cc``):
 
 Where ``nms_top_k`` is applied differs between the two frameworks:
 
-* Paddle's ``MultiClassNMS`` (the published PicoDet mAP, spec §3.4) keeps the top
+* Paddle's ``MultiClassNMS`` (the published PicoDet mAP) keeps the top
   ``nms_top_k`` candidates of each class *before* NMS;
 * ORT's ``max_output_boxes_per_class`` caps the boxes kept *after* NMS.
 
