@@ -260,8 +260,9 @@ def main() -> None:
     extremes = [i for i, c in enumerate(chosen) if c["level"] in ("max", "min")]
     order = [(i, s) for s in args.seeds for i in extremes] + \
         [(i, s) for s in args.seeds for i in range(len(chosen)) if i not in extremes]
-    with ThreadPoolExecutor(jobs) as pool:
-        futures = [((i, seed), pool.submit(train, i, seed)) for i, seed in order]
+    pool = ThreadPoolExecutor(jobs)
+    futures = [((i, seed), pool.submit(train, i, seed)) for i, seed in order]
+    try:
         for (i, seed), future in futures:  # scored in order, each as soon as its run is done
             out = future.result()
             model, _, _ = load_trained_model(chosen[i]["arch"], out / "model.pt")
@@ -272,6 +273,8 @@ def main() -> None:
             result["summary"] = summarise(rows, args.seeds)
             result["total_time_s"] = round(time.perf_counter() - started, 1)
             write_result(args.out, result)
+    finally:  # a failed run (or Ctrl-C) stops the queue: runs not started are cancelled
+        pool.shutdown(wait=True, cancel_futures=True)
 
     s = result["summary"]
     print(f"\n{'#':>2} {'level':>5} {'profile':<17} {'pred ms':>8} " + " ".join(f"{'s' + str(x):>7}" for x in args.seeds)

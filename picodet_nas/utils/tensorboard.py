@@ -21,7 +21,7 @@ TENSORBOARD_DIR = "tensorboard"
 def require_tensorboard() -> None:
     """A one-line UserError when the `tensorboard` package is missing."""
     try:
-        import tensorboard  # noqa: F401
+        import tensorboard  # noqa: F401  (only whether it imports)
     except ImportError:
         raise UserError('--tensorboard needs the tensorboard package: pip install "picodet-nas[tensorboard]" '
                         "(or pip install tensorboard)") from None
