@@ -68,6 +68,31 @@ def judge(scores: dict[int, float], truth: dict[int, float], pairs: list[list[in
             "pairwise_accuracy": pairwise_accuracy(scores, pairs, truth)}
 
 
+def partial_truth(gt: dict) -> tuple[list[dict], dict]:
+    """The architectures of an unfinished ground truth that have at least one seed, each with its
+    mean over those seeds, and the same-level pairs whose means differ by more than the largest seed
+    spread measured so far (no spread measured yet: no pairs). No seed-to-seed tau unless the ground
+    truth has one."""
+    rows = []
+    for r in gt["archs"]:
+        if r["mAP"]:
+            rows.append({**r, "mean": sum(r["mAP"].values()) / len(r["mAP"])})
+    spreads = [max(r["mAP"].values()) - min(r["mAP"].values()) for r in rows if len(r["mAP"]) > 1]
+    pairs = []
+    if spreads:
+        limit = max(spreads)
+        for i, a in enumerate(rows):
+            for b in rows[i + 1:]:
+                if a["level"] == b["level"] and a["level"] not in ("max", "min") and abs(a["mean"] - b["mean"]) > limit:
+                    pairs.append([a["index"], b["index"]])
+    summary = {"separable_same_level_pairs": pairs,
+               "seed_to_seed_kendall_tau": gt["summary"].get("seed_to_seed_kendall_tau"),
+               "partial": True, "archs_with_a_seed": len(rows),
+               "seeds_per_arch": {str(r["index"]): sorted(r["mAP"]) for r in rows},
+               "max_seed_spread_so_far": max(spreads) if spreads else None}
+    return rows, summary
+
+
 def main() -> None:
     qs = yaml.safe_load(CONFIG_FILE.read_text())
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -81,15 +106,24 @@ def main() -> None:
     ap.add_argument("--warmup-iters", type=int, help="default: the ground truth's")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--run-dir", type=Path)
+    ap.add_argument("--partial", action="store_true",
+                    help="judge against an unfinished ground truth: every architecture with at least one seed, "
+                         "its mean over the seeds it has; separable pairs use the largest seed spread measured so "
+                         "far; the result says it is partial")
+    ap.add_argument("--score-only", action="store_true", help="score the supernets already trained; train none")
     ap.add_argument("--out")
     args = ap.parse_args()
 
     started = time.perf_counter()
     gt = json.loads(args.ground_truth.read_text())
     rows = [r for r in gt["archs"] if "mean" in r]
-    if len(rows) < len(gt["archs"]):
-        sys.exit(f"{args.ground_truth}: {len(gt['archs']) - len(rows)} architectures lack a complete ground truth")
-    summary = gt["summary"]
+    if args.partial:
+        rows, summary = partial_truth(gt)
+    elif len(rows) < len(gt["archs"]):
+        sys.exit(f"{args.ground_truth}: {len(gt['archs']) - len(rows)} architectures lack a complete ground truth "
+                 f"(--partial judges against the seeds there are)")
+    else:
+        summary = gt["summary"]
     truth = {r["index"]: r["mean"] for r in rows}
     lr = args.lr if args.lr is not None else float(gt["recipe"]["lr"])
     warmup = args.warmup_iters if args.warmup_iters is not None else int(gt["recipe"]["warmup_iters"])
@@ -107,6 +141,7 @@ def main() -> None:
     result = {"benchmark": "ranking_vs_ground_truth", "command": " ".join(sys.argv),
               "ground_truth": str(args.ground_truth), "space": gt["space"], "data": str(data),
               "seed_to_seed_kendall_tau": ceiling, "separable_pairs": len(pairs), "supernets": [], "proxies": {},
+              **({"partial_ground_truth": summary} if args.partial else {}),
               "run_dir": str(run_dir)}
     subsets = None
     for epochs in args.epochs:
@@ -115,6 +150,9 @@ def main() -> None:
             out = run_dir / f"supernet-{tag}-e{epochs}"
             done = (out / "supernet.pt").is_file() and (out / "metrics.csv").is_file() and \
                 sum(1 for _ in (out / "metrics.csv").open()) - 1 >= epochs
+            if not done and args.score_only:
+                print(f"{out}: not trained; skipped (--score-only)", flush=True)
+                continue
             if not done:
                 cmd = nas + ["train-supernet", "--space", gt["space"], "--data", str(data), "--epochs", str(epochs),
                              "--batch-size", str(batch), "--lr", str(lr), "--grad-clip", str(grad_clip), "--warmup-iters",
