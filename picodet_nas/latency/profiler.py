@@ -16,6 +16,7 @@ One pipeline serves the three ways to get a table:
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -34,25 +35,32 @@ BACKENDS = ("onnxruntime", "torch")
 
 
 # ---------------------------------------------------------------------------- export and timing
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """PyTorch's intra-op thread count set to `threads` inside the block, then given back."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def export_models(manifest: dict, bundle_dir: Path, progress: Progress = None) -> None:
     """Export every model of the plan into `bundle_dir` (fills each model's `weights` spec).
 
     PyTorch runs single-threaded here: tracing is a forward pass, and on a small shared
     machine a second thread only adds contention (a 3x slower export, measured).
     """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         names = list(manifest["models"])
         for n, name in enumerate(names):
             export_model(manifest["models"][name], manifest["num_classes"], bundle_dir,
                          seed=int(manifest["settings"].get("seed", 0)))
             if progress is not None:
                 progress("exporting ONNX", n + 1, len(names))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def time_torch(manifest: dict, *, device_name: str | None = None, progress: Progress = None) -> dict:
@@ -63,11 +71,9 @@ def time_torch(manifest: dict, *, device_name: str | None = None, progress: Prog
     s = dict(manifest["settings"])
     check_clock(s["clock"], int(s["threads"]))
     started = time.time()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(int(s["threads"]))
-    torch.manual_seed(int(s.get("seed", 0)))
     timings: dict[str, dict] = {}
-    try:
+    with torch_threads(s["threads"]):
+        torch.manual_seed(int(s.get("seed", 0)))
         for group, names in run_bundle.model_groups(manifest).items():
             fns = {}
             for name in names:
@@ -79,8 +85,6 @@ def time_torch(manifest: dict, *, device_name: str | None = None, progress: Prog
 
                 fns[name] = call
             timings.update(measure(fns, s, progress, f"timing {group}s"))
-    finally:
-        torch.set_num_threads(old_threads)
     s["allow_spinning"] = None
     return run_bundle.results_document(manifest, s, timings, started, backend="torch",
                                        backend_version=torch.__version__, execution_provider=None,
