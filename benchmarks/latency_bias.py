@@ -5,7 +5,7 @@ quickstart space at one input size (all its distinct parts, 20 calibration and 3
 validation subnets) and times every model twice, interleaved round-robin both times:
 
 * cold: one call per visit, so each call finds its weights evicted by the other models;
-* warm: the shipped method (`run_bundle.measure`): per visit one untimed call, then a burst
+* warm: the shipped method (`timing.measure`): per visit one untimed call, then a burst
   of timed calls, as a deployed model runs frame after frame.
 
 For each it reports the raw sum/whole ratio, the MAPE of the raw sum, and the MAPE, share
@@ -32,9 +32,9 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 def time_cold(fns: dict, repeats: int, clock: str, seed: int = 0) -> dict:
     """One timed call per model per round, shuffled rounds, no re-warming call."""
-    from picodet_nas.latency import run_bundle
+    from picodet_nas.latency import timing
 
-    now = run_bundle.clock_function(clock)
+    now = timing.clock_function(clock)
     names, rng = list(fns), random.Random(seed)
     samples = {n: [] for n in names}
     for f in fns.values():
@@ -45,16 +45,16 @@ def time_cold(fns: dict, repeats: int, clock: str, seed: int = 0) -> dict:
             t0 = now()
             fns[n]()
             samples[n].append((now() - t0) / 1e6)
-    return {n: run_bundle.summarize(v) for n, v in samples.items()}
+    return {n: timing.summarize(v) for n, v in samples.items()}
 
 
 def main() -> None:
     import numpy as np
 
     from picodet_nas.arch import Arch
-    from picodet_nas.latency import run_bundle
+    from picodet_nas.latency import run_bundle, timing
     from picodet_nas.latency.metrics import fit_calibration, prediction_errors
-    from picodet_nas.latency.plan import block_part, make_plan, neck_head_part, stem_part
+    from picodet_nas.latency.plan import block_part, make_plan, neck_head_part, stem_part, timing_settings
     from picodet_nas.latency.profiler import export_models
     from picodet_nas.space import load_space
 
@@ -87,8 +87,8 @@ def main() -> None:
                 timings[method] = {**time_cold(parts, args.repeats, args.clock),
                                    **time_cold(wholes, args.repeats, args.clock)}
             else:
-                kw = dict(repeats=args.repeats, clock=args.clock, max_remeasure=0)
-                timings[method] = {**run_bundle.measure(parts, **kw), **run_bundle.measure(wholes, **kw)}
+                settings = timing_settings(repeats=args.repeats, clock=args.clock, max_remeasure=0)
+                timings[method] = {**timing.measure(parts, settings), **timing.measure(wholes, settings)}
             result["methods"][method] = {"timing_s": round(time.time() - t0, 1)}
 
     for method, t in timings.items():

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from picodet_nas.data import CocoDetection, DataPaths
-from picodet_nas.data.loader import fixed_subset
+from picodet_nas.data.streams import fixed_subset
 from picodet_nas.data.split import (DEFAULT_SEARCH_FRACTION, held_out_indices, remaining_indices, split_by_ids,
                                     subset_doc)
 from picodet_nas.errors import DataError

@@ -38,7 +38,8 @@ from picodet_nas.engine.pretrained import Pretrained, initial_state
 from picodet_nas.engine.session import (close_logging, load_resume_checkpoint, load_split, load_train_val,
                                         open_run, resumed_config, setup_logging, write_run_config)
 from picodet_nas.engine.state import seed_everything
-from picodet_nas.engine.trainer import Trainer, resolve_amp
+from picodet_nas.engine.precision import resolve_amp
+from picodet_nas.engine.trainer import Trainer
 from picodet_nas.errors import UserError
 from picodet_nas.space import SearchSpace, load_space
 from picodet_nas.utils.rundir import default_run_name

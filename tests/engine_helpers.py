@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from picodet_nas.data import make_shapes_dataset
-from picodet_nas.engine.trainer import TIME_COLUMNS
+from picodet_nas.engine.run_record import TIME_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 

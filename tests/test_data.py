@@ -14,7 +14,8 @@ from PIL import Image
 
 from picodet_nas.data.coco import CocoDetection
 from picodet_nas.data.layout import resolve_data
-from picodet_nas.data.loader import CalibCache, EpochBatchSampler, EvalCache, build_eval_loader, build_train_loader
+from picodet_nas.data.cache import CalibCache, EvalCache
+from picodet_nas.data.loader import EpochBatchSampler, build_eval_loader, build_train_loader
 from picodet_nas.data.shapes import CATEGORIES, make_shapes_dataset
 from picodet_nas.data.transforms import (
     IMAGENET_MEAN,

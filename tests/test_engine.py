@@ -402,9 +402,9 @@ def test_training_prints_its_expected_duration_and_warns_on_a_long_cpu_run(tmp_p
     one warning line names the flags of a practical CPU run, and the training goes on."""
     import logging
 
-    import picodet_nas.engine.trainer as trainer_module
+    import picodet_nas.engine.pace as pace
 
-    monkeypatch.setattr(trainer_module, "CPU_WARN_S", 0.0)
+    monkeypatch.setattr(pace, "CPU_WARN_S", 0.0)
     trainer = _tiny_trainer(tmp_path, epochs=6)  # 2 steps per epoch: the estimate comes in epoch 5
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -426,7 +426,7 @@ def test_training_prints_its_expected_duration_and_warns_on_a_long_cpu_run(tmp_p
 
 # ---- --sync-bn and --deterministic ---------------------------------------------------------
 def test_sync_bn_conversion_keeps_the_state_and_refuses_dynamic_bn():
-    from picodet_nas.engine.trainer import convert_sync_bn
+    from picodet_nas.engine.distributed import convert_sync_bn
 
     model = build_model(PRESETS["picodet-s"], 6)
     keys = list(model.state_dict())

@@ -27,7 +27,8 @@ from picodet_nas.data import CocoDetection, resolve_data
 from picodet_nas.data.shapes import CATEGORIES, make_shapes_dataset
 from picodet_nas.data.split import DEFAULT_SEARCH_FRACTION, held_out_indices
 from picodet_nas.latency.plan import block_input_channels, block_input_hw
-from picodet_nas.latency.profiler import FIGURES, build_table, plan_for
+from picodet_nas.latency.profiler import plan_for
+from picodet_nas.latency.results import FIGURES, build_table
 from picodet_nas.latency.run_bundle import RESULTS_FORMAT, RUNNER_VERSION
 from picodet_nas.latency.table import save_table
 from picodet_nas.space import SearchSpace

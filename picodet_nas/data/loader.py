@@ -1,4 +1,5 @@
-"""Training and evaluation batches, and decoded-once image caches for search and BN recalibration.
+"""Training and evaluation batches (the decode-once caches for search and BN recalibration are
+in `data.cache`).
 
 Determinism: the epoch's order comes from (seed, epoch); each sample's augmentation
 from a Generator seeded with (seed, epoch, dataset index); each batch's size and
@@ -19,15 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from picodet_nas.data.coco import CocoDetection
+from picodet_nas.data.streams import BATCH_STREAM, ORDER_STREAM, SAMPLE_STREAM, stream
 from picodet_nas.data.transforms import BatchRandomResize, TrainAugment, eval_resize, normalize, to_nchw
 from picodet_nas.errors import DataError
-
-# Every RNG key starts with a non-zero stream tag: numpy's SeedSequence pads short keys
-# with zeros, so [seed, epoch] and [seed, epoch, 0, 0] would otherwise be the same stream.
-_ORDER_STREAM = 1
-_SAMPLE_STREAM = 2
-_BATCH_STREAM = 3
-_SUBSET_STREAM = 4
 
 
 class DetectionLoader(DataLoader):
@@ -81,7 +76,7 @@ class EpochBatchSampler(Sampler):
         self.epoch = epoch
 
     def _rank_indices(self) -> np.ndarray:
-        order = np.random.default_rng([_ORDER_STREAM, self.seed, self.epoch]).permutation(self.num_samples)
+        order = stream(ORDER_STREAM, self.seed, self.epoch).permutation(self.num_samples)
         per_rank = -(-self.num_samples // self.world_size)
         padded = np.resize(order, per_rank * self.world_size)
         return padded[self.rank :: self.world_size]
@@ -112,7 +107,7 @@ class AugmentedSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[dict, tuple[int, int]]:
         index, batch, epoch = key
-        rng = np.random.default_rng([_SAMPLE_STREAM, self.seed, epoch, index])
+        rng = stream(SAMPLE_STREAM, self.seed, epoch, index)
         return self.augment(self.dataset[index], rng), (batch, epoch)
 
 
@@ -131,7 +126,7 @@ class TrainCollate:
     def __call__(self, items: list[tuple[dict, tuple[int, int]]]) -> tuple[torch.Tensor, list[dict]]:
         samples = [sample for sample, _ in items]
         batch, epoch = items[0][1]
-        rng = np.random.default_rng([_BATCH_STREAM, self.seed, epoch, batch])
+        rng = stream(BATCH_STREAM, self.seed, epoch, batch)
         images, boxes = self.resize([s["image"] for s in samples], [s["boxes"] for s in samples], rng)
         targets = [
             {"boxes": torch.from_numpy(b), "labels": torch.from_numpy(np.ascontiguousarray(s["labels"]))}
@@ -248,109 +243,3 @@ def build_eval_loader(dataset: CocoDetection, size: int, batch_size: int, worker
         pin_memory=pin_memory,
         generator=torch.Generator(),
     )
-
-
-def fixed_subset(num_images: int, count: int | None, seed: int) -> list[int]:
-    """A sorted, seed-determined subset of `count` indices; all of them when count is None or too large."""
-    if count is None or count >= num_images:
-        return list(range(num_images))
-    chosen = np.random.default_rng([_SUBSET_STREAM, seed]).choice(num_images, size=count, replace=False)
-    return sorted(int(i) for i in chosen)
-
-
-def decode_resized(
-    dataset: CocoDetection, size: int, indices: Sequence[int], workers: int
-) -> tuple[torch.Tensor, list[dict]]:
-    """Decode and resize the given images once, eval-style, into uint8 [N,3,S,S] plus metas."""
-    loader = DetectionLoader(
-        EvalSamples(dataset, size, indices),
-        batch_size=32,
-        collate_fn=collate_uint8,
-        num_workers=workers,
-        generator=torch.Generator(),
-    )
-    images = torch.empty((len(indices), 3, size, size), dtype=torch.uint8)
-    metas: list[dict] = []
-    for batch, batch_metas in loader:
-        images[len(metas) : len(metas) + len(batch)] = batch
-        metas.extend(batch_metas)
-    return images, metas
-
-
-class EvalCache:
-    """A fixed evaluation subset, decoded and resized once, for scoring many subnets.
-
-    The NAS search scores hundreds of candidates on the same images; decoding is
-    slower than the forward pass on a CPU, so it must happen once. At 320 the cache
-    costs 300 KB per image (uint8). Score with pycocotools restricted to
-    `image_ids` (`params.imgIds`), or the images left out count as misses.
-    """
-
-    def __init__(
-        self, dataset: CocoDetection, size: int, *, num_images: int | None = None, seed: int = 0, workers: int = 0
-    ):
-        self.size = size
-        self.images, self.metas = decode_resized(dataset, size, fixed_subset(len(dataset), num_images, seed), workers)
-
-    @classmethod
-    def from_decoded(cls, size: int, images: torch.Tensor, metas: Sequence[dict]) -> "EvalCache":
-        """A cache of images decoded elsewhere (uint8 [N, 3, size, size] and their metas)."""
-        cache = cls.__new__(cls)
-        cache.size, cache.images, cache.metas = size, images, list(metas)
-        return cache
-
-    def __len__(self) -> int:
-        return len(self.metas)
-
-    @property
-    def image_ids(self) -> list[int]:
-        return [meta["image_id"] for meta in self.metas]
-
-    def batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, list[dict]]]:
-        """Normalised float32 batches in a fixed order; uint8 is moved to `device` before converting."""
-        for start in range(0, len(self), batch_size):
-            images = self.images[start : start + batch_size].to(device)
-            yield normalize(images), self.metas[start : start + batch_size]
-
-
-class CalibCache:
-    """A fixed set of training images for BN recalibration, decoded and preprocessed once, so
-    that every network recalibrated on it sees exactly the same pixels.
-
-    augment=True (the default): the images as training sees them, with the training
-    augmentation (crop, flip, colour) and the training resize's filters, resized to `size`: the
-    first `num_images` images of training epoch 0's batches for `seed` (`build_train_loader`).
-    The weights were trained on such inputs; statistics of whole images preprocessed for
-    evaluation score lower (benchmarks/bn_treatments.py, README).
-    augment=False: whole images with the evaluation preprocessing, a seed-determined subset.
-    """
-
-    def __init__(self, dataset: CocoDetection, size: int, *, num_images: int, seed: int = 0, workers: int = 0,
-                 augment: bool = True, interp: str = "batch", batch_size: int = 8):
-        self.size = size
-        if not augment:
-            self.images, _ = decode_resized(dataset, size, fixed_subset(len(dataset), num_images, seed), workers)
-            return
-        chunks, seen = [], 0
-        for images, _ in build_train_loader(dataset, min(batch_size, len(dataset)), (size,), workers=workers,
-                                            seed=seed, epoch=0, drop_last=False, interp=interp, uint8=True):
-            chunks.append(images[: num_images - seen])
-            seen += len(chunks[-1])
-            if seen >= num_images:
-                break
-        self.images = torch.cat(chunks)
-
-    @classmethod
-    def from_decoded(cls, size: int, images: torch.Tensor) -> "CalibCache":
-        """A cache of images preprocessed elsewhere (uint8 [N, 3, size, size])."""
-        cache = cls.__new__(cls)
-        cache.size, cache.images = size, images
-        return cache
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-        """Normalised float32 batches in a fixed order."""
-        for start in range(0, len(self), batch_size):
-            yield normalize(self.images[start : start + batch_size].to(device))

@@ -19,15 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from ..errors import DataError
 from ..utils.io import atomic_write_text
 from .coco import CocoDetection
+from .streams import SPLIT_STREAM, sorted_choice
 
 DEFAULT_SEARCH_FRACTION = 0.1
 MIN_HELD_OUT = 8
-_SPLIT_STREAM = 5
 TRAIN_FILE = "supernet_train.json"
 HELD_OUT_FILE = "search.json"
 
@@ -55,8 +53,7 @@ def held_out_indices(num_images: int, fraction: float, seed: int) -> list[int]:
     if num_images - count < MIN_HELD_OUT:
         raise DataError(f"{num_images} training images are too few to hold out {count} for the search "
                         f"and train on the rest; expected at least {2 * MIN_HELD_OUT}")
-    chosen = np.random.default_rng([_SPLIT_STREAM, seed]).choice(num_images, size=count, replace=False)
-    return sorted(int(i) for i in chosen)
+    return sorted_choice(SPLIT_STREAM, seed, num_images, count)
 
 
 def remaining_indices(num_images: int, held: Sequence[int]) -> list[int]:

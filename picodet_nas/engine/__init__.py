@@ -15,8 +15,9 @@ from .ema import CycleEMA
 from .evaluate import evaluate_coco
 from .optim import build_optimizer, split_decay
 from .plan import NetworkPass, StaticPlan, StepPlan
+from .run_record import FitResult
 from .schedule import LRSchedule
-from .trainer import FitResult, Trainer
+from .trainer import Trainer
 
 __all__ = [
     "CycleEMA",

@@ -1,4 +1,5 @@
-"""Processes under `torchrun`: rank, world size, device, and the few collectives training needs.
+"""Processes under `torchrun`: rank, world size, device, the few collectives training needs,
+and the conversion of a model's BN layers to SyncBatchNorm.
 
 A plain `python`/`nas` run is world size 1 and never touches `torch.distributed`. Under
 torchrun (`WORLD_SIZE` set) the process group is initialised from the environment (env://):
@@ -7,13 +8,17 @@ NCCL on CUDA, gloo on CPU; each process drives the GPU `LOCAL_RANK`.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import UserError
 
@@ -128,6 +133,21 @@ def gather_floats(info: DistInfo, value: float) -> list[float]:
     return t.tolist()
 
 
+def non_finite_ranks(info: DistInfo, values: Sequence[float]) -> tuple[list[float], list[int]]:
+    """Every rank's first non-finite value of `values` (0.0 where all are finite), on every rank,
+    and the ranks that have one."""
+    gathered = gather_floats(info, next((v for v in values if not math.isfinite(v)), 0.0))
+    return gathered, [r for r, v in enumerate(gathered) if not math.isfinite(v)]
+
+
+def gradient_sync(net: nn.Module, last: bool):
+    """Under DDP, the passes before a step's last one run under `no_sync`: their gradients
+    accumulate locally and the last pass's backward all-reduces the sum, once per step."""
+    if last or not isinstance(net, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return net.no_sync()
+
+
 def broadcast_from_main(info: DistInfo, tensors: Iterable[torch.Tensor]) -> None:
     """Overwrite `tensors` in place with rank 0's values (one broadcast per dtype); every rank
     passes the same tensors (names, shapes, dtypes) in the same order."""
@@ -152,3 +172,16 @@ def all_reduce_mean(info: DistInfo, values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return (t / info.world_size).tolist()
+
+
+def convert_sync_bn(model: nn.Module) -> nn.Module:
+    """`model` with every BatchNorm layer replaced by a SyncBatchNorm (same parameters and
+    buffers, so state dicts keep their keys). A BN subclass with behaviour of its own (the
+    supernet's channel-slicing `DynamicBatchNorm2d`) would lose it in the conversion: refused."""
+    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    special = sorted({type(m).__name__ for m in model.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in plain})
+    if special:
+        raise UserError(f"--sync-bn: this model's BN layers ({', '.join(special)}) cannot become SyncBatchNorm; "
+                        "leave --sync-bn out")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -10,7 +10,6 @@ pycocotools once, and every rank gets the numbers. The shares are the batches of
 
 from __future__ import annotations
 
-import contextlib
 from typing import Iterable, Sequence
 
 import torch
@@ -21,15 +20,9 @@ from ..data import CocoDetection, build_eval_loader, normalize
 from ..evaluation import STAT_KEYS, coco_evaluate, detections_to_coco
 from ..postprocess import EVAL_NMS, NMSConfig, postprocess
 from .distributed import DistInfo, gather_to_main, on_main
+from .precision import autocast
 
 EVAL_BATCH_SIZE = 8  # PaddleDetection's eval batch; keep it fixed so that numbers repeat exactly
-
-
-def autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    """Mixed precision on the device when `amp_dtype` is set; a no-op context otherwise."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 @torch.no_grad()

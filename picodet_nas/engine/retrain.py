@@ -43,7 +43,8 @@ from .trained import load_trained_model, model_meta, resize_filter
 from .session import (close_logging, load_resume_checkpoint, load_split, load_train_val, open_run,
                       resumed_config, setup_logging, write_run_config)
 from .state import seed_everything
-from .trainer import Trainer, resolve_amp
+from .precision import resolve_amp
+from .trainer import Trainer
 
 if TYPE_CHECKING:
     from .sweep import SweepSettings

@@ -57,7 +57,8 @@ from .distributed import DistInfo, resolve_device
 from .plan import StaticPlan
 from .session import close_logging, load_train_val, setup_logging
 from .state import seed_everything
-from .trainer import Trainer, resolve_amp
+from .precision import resolve_amp
+from .trainer import Trainer
 
 SWEEP_CSV = "sweep.csv"
 TRIALS_DIR = "trials"

@@ -18,9 +18,9 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before anything imports o
 _EXPORTS = {
     "LatencyPredictor": "predictor", "load_predictor": "predictor",
     "load_table": "table", "check_table": "table", "default_table_name": "table",
-    "profile_device": "profiler", "write_bundle": "profiler", "import_results": "profiler",
-    "build_table": "profiler", "write_table": "profiler", "measure_latency": "profiler",
-    "table_timing": "profiler",
+    "write_table": "table",
+    "profile_device": "profiler", "measure_latency": "profiler", "table_timing": "profiler",
+    "write_bundle": "bundle", "import_results": "bundle", "build_table": "results",
     "kendall_tau": "metrics", "prediction_errors": "metrics", "fit_calibration": "metrics",
 }
 __all__ = list(_EXPORTS)

@@ -80,17 +80,25 @@ def neck_head_part(arch: Arch, num_classes: int) -> str:
     return f"neckhead_c{c}_n{arch.neck_channels}_h{arch.head_convs}_i{arch.input_size}_cls{num_classes}"
 
 
+def block_options(space: SearchSpace, i: int) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """The channel ratios and the kernel sizes block `i` can take in `space`."""
+    return (tuple(space.choices.get("channel_ratio", (space.base.channel_ratio[i],))),
+            tuple(space.choices.get("kernel_size", (space.base.kernel_size[i],))))
+
+
+def neck_head_options(space: SearchSpace) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The neck widths and the head depths `space` can take."""
+    return (tuple(space.choices.get("neck_channels", (space.base.neck_channels,))),
+            tuple(space.choices.get("head_convs", (space.base.head_convs,))))
+
+
 def block_choices(space: SearchSpace, i: int) -> list[tuple[float, int]]:
     """(channel_ratio, kernel_size) pairs block `i` can take in `space`."""
-    ratios = space.choices.get("channel_ratio", (space.base.channel_ratio[i],))
-    kernels = space.choices.get("kernel_size", (space.base.kernel_size[i],))
-    return list(itertools.product(ratios, kernels))
+    return list(itertools.product(*block_options(space, i)))
 
 
 def neck_head_choices(space: SearchSpace) -> list[tuple[int, int]]:
-    necks = space.choices.get("neck_channels", (space.base.neck_channels,))
-    heads = space.choices.get("head_convs", (space.base.head_convs,))
-    return list(itertools.product(necks, heads))
+    return list(itertools.product(*neck_head_options(space)))
 
 
 def with_block_choice(base: Arch, i: int, ratio: float, kernel: int, input_size: int) -> Arch:

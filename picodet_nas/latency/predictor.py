@@ -29,7 +29,7 @@ import numpy as np
 from ..arch import NUM_BLOCKS, Arch
 from ..errors import LatencyTableError, SpaceError
 from ..space import SearchSpace
-from .plan import block_choices, neck_head_choices
+from .plan import block_choices, block_options, neck_head_choices, neck_head_options
 from .table import check_table, load_table
 
 CACHE_LIMIT = 1 << 20  # cached predictions before the cache is cleared (bounded memory in a long search)
@@ -156,9 +156,12 @@ class LatencyPredictor:
             self.space.encode(arch)
         except SpaceError as e:
             return LatencyTableError(f"{self.source}: not in the table's space ({e})")
+        return self._unmeasured(arch.input_size, f"; profile it with --input-size {arch.input_size}")
+
+    def _unmeasured(self, input_size: int, hint: str = "") -> LatencyTableError:
         sizes = ", ".join(map(str, self.input_sizes))
-        return LatencyTableError(f"{self.source}: input size {arch.input_size} was not measured "
-                                 f"(the table holds {sizes}); profile it with --input-size {arch.input_size}")
+        return LatencyTableError(f"{self.source}: input size {input_size} was not measured (the table holds {sizes})"
+                                 + hint)
 
     # ---- many architectures ---------------------------------------------------------
     def predict_many(self, archs: Iterable[Arch]) -> np.ndarray:
@@ -176,12 +179,10 @@ class LatencyPredictor:
         self._stem_arr = np.array([self._stem.get(s, nan) for s in sizes])
         self._block_arr = []
         for i in range(NUM_BLOCKS):
-            ratios = sp.choices.get("channel_ratio", (sp.base.channel_ratio[i],))
-            kernels = sp.choices.get("kernel_size", (sp.base.kernel_size[i],))
+            ratios, kernels = block_options(sp, i)
             self._block_arr.append(np.array([[[self._block.get((i, s, float(r), int(k)), nan) for k in kernels]
                                               for r in ratios] for s in sizes]))
-        necks = sp.choices.get("neck_channels", (sp.base.neck_channels,))
-        heads = sp.choices.get("head_convs", (sp.base.head_convs,))
+        necks, heads = neck_head_options(sp)
         self._nh_arr = np.array([[[self._neck_head.get((s, n, h), nan) for h in heads] for n in necks]
                                  for s in sizes])
 
@@ -213,8 +214,7 @@ class LatencyPredictor:
         total += self._nh_arr[size, column("neck_channels"), column("head_convs")]
         if np.isnan(total).any():
             bad = sorted({self.space.input_sizes[s] for s in size[np.isnan(total)]})
-            raise LatencyTableError(f"{self.source}: input size {bad[0]} was not measured "
-                                    f"(the table holds {', '.join(map(str, self.input_sizes))})")
+            raise self._unmeasured(bad[0])
         return self.a * total + self.b
 
     def encode_indices(self, archs: Iterable[Arch]) -> np.ndarray:
@@ -237,8 +237,7 @@ class LatencyPredictor:
         `a * sum + b` with a > 0 preserves the order.
         """
         if input_size not in self.input_sizes:
-            raise LatencyTableError(f"{self.source}: input size {input_size} was not measured "
-                                    f"(the table holds {', '.join(map(str, self.input_sizes))})")
+            raise self._unmeasured(input_size)
         pick = max if slowest else min
         sp = self.space
         ratios, kernels = list(sp.base.channel_ratio), list(sp.base.kernel_size)

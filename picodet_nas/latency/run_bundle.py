@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Time the ONNX models of a latency bundle with ONNX Runtime: the one timing implementation.
+"""Time the ONNX models of a latency bundle with ONNX Runtime.
 
-This file runs on the device being profiled (an ARM board, a Raspberry Pi, a phone under
-Termux), where picodet-nas and PyTorch cannot be installed, so it needs only Python 3.8+,
-numpy and onnxruntime. `nas profile-device` imports this same file to time models on the
-local machine, so a table built locally and one built from a bundle's RESULTS.json were
-measured by identical code with identical settings.
+This file and `timing.py` beside it run on the device being profiled (an ARM board, a
+Raspberry Pi, a phone under Termux), where picodet-nas and PyTorch cannot be installed, so
+they need only Python 3.8+, numpy and onnxruntime. `nas profile-device` imports these same
+files to time models on the local machine, so a table built locally and one built from a
+bundle's RESULTS.json were measured by identical code with identical settings.
 
 On the device::
 
@@ -22,21 +22,9 @@ How models are timed:
   `intra_op_num_threads` = threads, `inter_op_num_threads` = 1. With more than one thread
   the pool's spinning is off by default: on small machines a spinning pool turns any
   background activity into 20-30% outliers.
-* `warmup` untimed calls per model, then `repeats` timed calls per model, interleaved:
-  each round visits every model of a group once, in a freshly shuffled order; a visit
-  makes one untimed call (weights and buffers back into cache, as when a deployed model
-  runs frame after frame) and then `burst` timed calls back to back. Interleaving spreads
-  a burst of background load over all models instead of ruining one model's figures.
-  Parts and whole networks are both timed warm like this; timing them cold (one call per
-  visit) made the parts 40% slower and the wholes 20% slower than back-to-back runs, and
-  the sum of parts a worse predictor (quickstart: MAPE 1.6% against 0.3% warm).
-* The clock is the wall clock, or (`clock: cpu`, one thread only) the CPU time of the
-  calling thread, which leaves out the time other processes held the core: on a shared
-  machine wall-clock medians of whole networks jumped by 50% between runs while the thread
-  CPU time stayed within 3%.
-* The figure is the median; p10/p25/p75/p90 are recorded. A model whose spread
-  ((p90 - p10) / median) exceeds the limit gets more rounds, interleaved again with the
-  other wide models, and its median is taken over all its samples.
+* Each group of models (parts, whole networks) is timed by `timing.measure`: warm-up calls,
+  then interleaved round-robin rounds of untimed + `burst` timed calls, on the wall clock
+  or the calling thread's CPU time, median and spread, wide models re-measured.
 * The bundle ships its models without weights: each model's float weights live in an
   ONNX external-data file that this runner writes with random values (scaled by fan-in)
   before loading. Weight values do not change the cost of dense kernels, and the bundle
@@ -53,7 +41,6 @@ import argparse
 import gc
 import json
 import platform
-import random
 import socket
 import sys
 import time
@@ -61,6 +48,12 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+
+if __package__:
+    from .timing import CLOCKS, Progress, check_clock, measure
+else:  # run as a script (on the device): the bundle's copy of timing.py lies beside this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from timing import CLOCKS, Progress, check_clock, measure
 
 RUNNER_VERSION = 1
 MANIFEST = "manifest.json"
@@ -76,117 +69,6 @@ DEFAULT_BURST = 5  # timed calls per visit of the round-robin
 DEFAULT_SPREAD_LIMIT = 0.15  # (p90 - p10) / median above which a model is measured again
 DEFAULT_MAX_REMEASURE = 2  # extra passes over the wide models at most
 DEFAULT_MAX_LOADED = 128  # sessions held at once (365 small part sessions took 1.4 GB)
-CLOCKS = ("wall", "cpu")
-
-Progress = Optional[Callable[[str, int, int], None]]
-
-
-# ---------------------------------------------------------------------------- statistics
-def summarize(samples_ms: List[float]) -> Dict[str, float]:
-    """Median and spread of one model's samples, in milliseconds."""
-    a = np.asarray(samples_ms, dtype=np.float64)
-    p10, p25, p50, p75, p90 = np.percentile(a, [10, 25, 50, 75, 90])
-    return {
-        "median_ms": float(p50),
-        "p10_ms": float(p10),
-        "p25_ms": float(p25),
-        "p75_ms": float(p75),
-        "p90_ms": float(p90),
-        "spread": float((p90 - p10) / p50) if p50 > 0 else 0.0,
-        "samples": int(a.size),
-    }
-
-
-# ---------------------------------------------------------------------------- timing core
-def clock_function(clock: str) -> Callable[[], int]:
-    """Nanosecond clock: "wall" (perf_counter) or "cpu" (CPU time of the calling thread).
-
-    The thread's CPU time leaves out the time the OS gave the core to other processes, which
-    on a shared machine inflates wall-clock medians by 50% and makes them jump from run to
-    run. It equals the latency only when all the work runs on the calling thread: one
-    intra-op thread.
-    """
-    if clock == "wall":
-        return time.perf_counter_ns
-    if clock == "cpu":
-        if time.get_clock_info("thread_time").resolution > 1e-6:
-            raise ValueError("this platform's thread CPU clock is too coarse for timing; use the wall clock")
-        return time.thread_time_ns
-    raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
-
-
-def check_clock(clock: str, threads: int) -> None:
-    clock_function(clock)
-    if clock == "cpu" and threads != 1:
-        raise ValueError("the cpu clock measures the calling thread only; it needs threads = 1")
-
-
-def time_round_robin(fns: Dict[str, Callable[[], object]], calls: int, rng: random.Random,
-                     burst: int = DEFAULT_BURST, progress: Progress = None,
-                     stage: str = "", clock: str = "wall") -> Dict[str, List[float]]:
-    """About `calls` timed calls of every function, in milliseconds.
-
-    Round-robin: each round visits every function once, in a new random order; a visit makes
-    one untimed call (it brings the model's weights and buffers back into cache) and then
-    `burst` timed calls back to back. The garbage collector is off while timing: a
-    collection inside a 50 us call is a 20x outlier.
-    """
-    names = list(fns)
-    samples: Dict[str, List[float]] = {n: [] for n in names}
-    now = clock_function(clock)
-    rounds = -(-calls // burst)
-    gc_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            rng.shuffle(names)
-            for name in names:
-                fn = fns[name]
-                fn()
-                out = samples[name]
-                for _ in range(burst):
-                    t0 = now()
-                    fn()
-                    out.append((now() - t0) / 1e6)
-            if progress is not None:
-                progress(stage, r + 1, rounds)
-    finally:
-        if gc_enabled:
-            gc.enable()
-    return samples
-
-
-def measure(fns: Dict[str, Callable[[], object]], *, warmup: int = DEFAULT_WARMUP,
-            repeats: int = DEFAULT_REPEATS, burst: int = DEFAULT_BURST,
-            spread_limit: float = DEFAULT_SPREAD_LIMIT, max_remeasure: int = DEFAULT_MAX_REMEASURE,
-            clock: str = "wall", seed: int = 0, progress: Progress = None,
-            stage: str = "timing") -> Dict[str, Dict[str, float]]:
-    """Time every function the same way (see the module docstring); the statistics of each.
-
-    `warmup` untimed calls per function first (one-time costs: allocation, weight prepacking),
-    then `repeats` timed calls per function. Backend-agnostic: `fns` are zero-argument
-    callables (an ONNX Runtime session run, or an eager PyTorch forward for `--backend torch`).
-    """
-    rng = random.Random(seed)
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples = time_round_robin(fns, repeats, rng, burst, progress, stage, clock)
-    remeasured = {n: 0 for n in fns}
-    for _ in range(max_remeasure):
-        wide = [n for n in fns if summarize(samples[n])["spread"] > spread_limit]
-        if not wide:
-            break
-        extra = time_round_robin({n: fns[n] for n in wide}, repeats, rng, burst, progress,
-                                 f"{stage}: re-measuring {len(wide)} wide", clock)
-        for n in wide:
-            samples[n] += extra[n]
-            remeasured[n] += 1
-    stats = {}
-    for n in fns:
-        stats[n] = summarize(samples[n])
-        stats[n]["remeasured"] = remeasured[n]
-    return stats
 
 
 # ---------------------------------------------------------------------------- ONNX Runtime
@@ -315,12 +197,8 @@ def run_bundle(bundle_dir: "str | Path", manifest: Optional[dict] = None, *, dev
     started = time.time()
     rng = np.random.default_rng(int(s.get("seed", 0)))
     timings: Dict[str, dict] = {}
-    groups: Dict[str, List[str]] = {}
-    for name, model in manifest["models"].items():
-        groups.setdefault(model["group"], []).append(name)
     chunk = int(s.get("max_loaded") or DEFAULT_MAX_LOADED)
-    for group in sorted(groups):  # "part" before "whole"
-        names = groups[group]
+    for group, names in model_groups(manifest).items():
         chunks = [names[i:i + chunk] for i in range(0, len(names), chunk)]
         for c, chunk_names in enumerate(chunks):
             fns = {}
@@ -331,20 +209,33 @@ def run_bundle(bundle_dir: "str | Path", manifest: Optional[dict] = None, *, dev
                 session = make_session(bundle_dir / model["file"], s["threads"], s["allow_spinning"])
                 fns[name] = session_call(session, rng)
             stage = f"timing {group}s" + (f" ({c + 1}/{len(chunks)})" if len(chunks) > 1 else "")
-            timings.update(measure(fns, warmup=int(s["warmup"]), repeats=int(s["repeats"]),
-                                   burst=int(s["burst"]), spread_limit=float(s["spread_limit"]),
-                                   max_remeasure=int(s["max_remeasure"]), clock=s["clock"],
-                                   seed=int(s.get("seed", 0)), progress=progress, stage=stage))
+            timings.update(measure(fns, s, progress, stage))
             del fns
             gc.collect()
+    return results_document(manifest, s, timings, started, backend="onnxruntime", backend_version=ort_version(),
+                            execution_provider="CPUExecutionProvider", device_name=device_name)
+
+
+def model_groups(manifest: dict) -> Dict[str, List[str]]:
+    """The manifest's model names by group, in the order they are timed ("part" before "whole")."""
+    groups: Dict[str, List[str]] = {}
+    for name, model in manifest["models"].items():
+        groups.setdefault(model["group"], []).append(name)
+    return {group: groups[group] for group in sorted(groups)}
+
+
+def results_document(manifest: dict, settings: dict, timings: Dict[str, dict], started: float, *, backend: str,
+                     backend_version: str, execution_provider: Optional[str],
+                     device_name: Optional[str] = None) -> dict:
+    """The RESULTS document of `manifest`'s models timed from `started` (time.time()) until now."""
     return {
         "format": RESULTS_FORMAT,
         "runner_version": RUNNER_VERSION,
         "manifest": manifest,
-        "settings": s,
-        "backend": "onnxruntime",
-        "backend_version": ort_version(),
-        "execution_provider": "CPUExecutionProvider",
+        "settings": settings,
+        "backend": backend,
+        "backend_version": backend_version,
+        "execution_provider": execution_provider,
         "device": device_info(device_name),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_time_s": round(time.time() - started, 2),

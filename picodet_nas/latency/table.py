@@ -1,4 +1,4 @@
-"""The latency table file: reading it safely, writing it, naming it.
+"""The latency table file: reading it safely, writing it (with its validation plot), naming it.
 
 A table is JSON (the key names are a contract: other tools read them)::
 
@@ -113,17 +113,27 @@ def check_table(table: Any, source: str = "latency table", complete: bool = True
     return table
 
 
-def load_table(path: str | Path) -> dict:
+def check_statistic(statistic: str, name: str = "statistic") -> None:
+    if statistic not in STATISTICS:
+        raise LatencyTableError(f"{name} must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """The JSON document in `path`; an unreadable file or invalid JSON is a one-line
+    LatencyTableError naming the file (`what`: what the file should hold)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
-        raise LatencyTableError(f"{path}: cannot read latency table ({e.strerror or e})") from None
+        raise LatencyTableError(f"{path}: cannot read {what} ({e.strerror or e})") from None
     try:
-        doc = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise LatencyTableError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    return check_table(doc, str(path))
+
+
+def load_table(path: str | Path) -> dict:
+    return check_table(read_json(path, "latency table"), str(Path(path)))
 
 
 def dumps_table(table: dict) -> str:
@@ -147,6 +157,18 @@ def save_table(table: dict, path: str | Path) -> Path:
     path = Path(path)
     atomic_write_text(path, dumps_table(table))
     return path
+
+
+def write_table(table: dict, out: str | Path) -> tuple[Path, Path]:
+    """Write the table and its validation plot (same name, .png) next to it."""
+    from .plot import plot_validation
+
+    out = Path(out)
+    png = out.with_suffix(".png")
+    table["validation"]["plot"] = png.name
+    save_table(table, out)
+    plot_validation(table, png)
+    return out, png
 
 
 def _slug(text: str) -> str:

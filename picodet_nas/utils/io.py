@@ -15,7 +15,9 @@ def _umask() -> int:
     return mask
 
 
-def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` into a temporary file beside `path`, then the file moved into place: for
+    writers that need a path of their own (a zip file, `torch.save`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -33,11 +35,11 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic(path, lambda p: p.write_text(text))
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(path, lambda p: p.write_bytes(data))
+    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
@@ -47,7 +49,7 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     import torch
 
-    _atomic(path, lambda p: torch.save(obj, p))
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def read_config_yaml(path: str | Path) -> Any:
