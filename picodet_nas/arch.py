@@ -12,6 +12,7 @@ widths are `make_divisible(base * scale, 16)` and each block's internal "mid" wi
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ArchError
+from .errors import ArchError, did_you_mean
 
 NUM_BLOCKS = 13
 STAGE_REPEATS = (3, 7, 3)
@@ -180,6 +181,29 @@ PRESETS: dict[str, Arch] = {
 }
 
 
+def register_preset(name: str, arch: Arch) -> Arch:
+    """Add a named architecture to the presets, where `resolve_arch`, the commands and the tests
+    that sweep every preset find it. A name is registered once."""
+    if not isinstance(arch, Arch):
+        raise TypeError(f"register_preset({name!r}, ...): expected an Arch, got {type(arch).__name__}")
+    if name in PRESETS:
+        raise ArchError(f"preset {name!r} is already registered")
+    PRESETS[name] = arch
+    return arch
+
+
+def list_presets(pattern: str = "*") -> list[str]:
+    """The preset names matching a shell-style `pattern`, sorted."""
+    return sorted(fnmatch.filter(PRESETS, pattern))
+
+
+def get_preset(name: str) -> Arch:
+    """The preset `name`; an unknown name is an `ArchError` naming the closest preset."""
+    if name not in PRESETS:
+        raise ArchError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)}")
+    return PRESETS[name]
+
+
 def load_arch_file(path: str | Path) -> tuple[Arch, dict[str, Any]]:
     """Read an architecture YAML: either a bare `Arch` mapping or a file with a top-level
     `arch:` key (such as `best.yaml`). Returns the Arch and the whole document."""
@@ -215,9 +239,9 @@ def resolve_arch(spec: "str | Path | Arch", input_size: int | None = None) -> Ar
         if p.suffix.lower() in (".yaml", ".yml") or p.exists():
             arch, _ = load_arch_file(p)
         else:
-            raise ArchError(
-                f"unknown architecture {str(spec)!r}: expected a preset ({', '.join(PRESETS)}) or a YAML file"
-            )
+            hint = did_you_mean(str(spec), PRESETS, list_known=False)
+            raise ArchError(f"unknown architecture {str(spec)!r}{hint}: expected a preset "
+                            f"({', '.join(list_presets())}) or a YAML file")
     if input_size is not None:
         try:
             arch = arch.replace(input_size=input_size)

@@ -28,3 +28,15 @@ class LatencyTableError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, or belongs to another space or architecture."""
+
+
+def did_you_mean(name: str, known, *, list_known: bool = True) -> str:
+    """The tail of an 'unknown NAME' message: ` (did you mean 'X'?)` naming the closest known
+    name, else ` (known: A, B, ...)` (or nothing, with `list_known=False`)."""
+    import difflib
+
+    known = sorted(str(k) for k in known)
+    close = difflib.get_close_matches(str(name), known, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known: {', '.join(known)})" if list_known and known else ""

@@ -24,6 +24,7 @@ results record, so that mixing files of different spaces is an error, never a si
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import math
@@ -36,7 +37,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import yaml
 
 from .arch import NUM_BLOCKS, Arch
-from .errors import ArchError, SpaceError
+from .errors import ArchError, SpaceError, did_you_mean
 
 PER_BLOCK_DIMS = ("channel_ratio", "kernel_size")
 GLOBAL_DIMS = ("neck_channels", "head_convs", "input_size")
@@ -217,15 +218,38 @@ class SearchSpace:
             yield self.uniform(r) if r is not None else self.base
 
 
+_REGISTERED: dict[str, Path] = {}
+
+
+def register_space(name: str, path: str | Path) -> Path:
+    """Make the space file `path` known by `name`, beside the files of `search_spaces/` (where a
+    shipped space needs nothing more than its file). A name is registered once."""
+    if name in list_spaces():
+        raise SpaceError(f"search space {name!r} is already registered")
+    _REGISTERED[name] = Path(path)
+    return _REGISTERED[name]
+
+
+def list_spaces(pattern: str = "*") -> list[str]:
+    """The names of the known search spaces (`search_spaces/*.yaml` and registered ones) that
+    match a shell-style `pattern`, sorted."""
+    shipped = {q.stem for q in SPACES_DIR.glob("*.yaml")} if SPACES_DIR.is_dir() else set()
+    return sorted(fnmatch.filter(shipped | set(_REGISTERED), pattern))
+
+
 def resolve_space_path(spec: str | Path) -> Path:
+    """The file of a space given by name or by path."""
+    if str(spec) in _REGISTERED:
+        return _REGISTERED[str(spec)]
     p = Path(spec)
     if p.suffix.lower() in (".yaml", ".yml") or p.exists():
         return p
     candidate = SPACES_DIR / f"{spec}.yaml"
     if candidate.is_file():
         return candidate
-    known = sorted(q.stem for q in SPACES_DIR.glob("*.yaml")) if SPACES_DIR.is_dir() else []
-    raise SpaceError(f"unknown search space {str(spec)!r}: expected a YAML file or one of {', '.join(known) or 'none'}")
+    known = list_spaces()
+    raise SpaceError(f"unknown search space {str(spec)!r}{did_you_mean(str(spec), known, list_known=False)}: "
+                     f"expected a YAML file or one of {', '.join(known) or 'none'}")
 
 
 def load_space(spec: str | Path) -> SearchSpace:

@@ -34,7 +34,10 @@ def trained(work) -> Path:
     arch, _ = load_arch_file(work / "tiny.yaml")
     save_arch(arch, work / "best.yaml", extra={"provenance": {"latency_budget_ms": 1000.0, "seed": 0},
                                                "scores": {"map": 0.1, "predicted_latency_ms": 0.7}})
-    r = nas("retrain", "best.yaml", "--data", "data", *TINY_TRAIN, "--name", "t", "--measure-latency", cwd=work)
+    # the recipe from an experiment file's retrain: section (the flags' TINY_TRAIN), the name from a flag
+    write(work / "exp.yaml", "data: data\nretrain:\n  arch: best.yaml\n  measure-latency: true\n" + "".join(
+        f"  {k[2:]}: {v}\n" for k, v in zip(TINY_TRAIN[::2], TINY_TRAIN[1::2])))
+    r = nas("retrain", "-c", "exp.yaml", "--name", "t", cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
     return work / "runs" / "retrain" / "t"
 

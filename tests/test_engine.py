@@ -13,7 +13,7 @@ from torch import nn
 
 from picodet_nas.arch import PRESETS
 from picodet_nas.engine import CycleEMA, LRSchedule, NetworkPass, StaticPlan, TrainConfig, build_optimizer, split_decay
-from picodet_nas.engine.config import load_flat_config, multiscale_sizes
+from picodet_nas.engine.config import multiscale_sizes
 from picodet_nas.engine.plan import pass_size, resize_batch
 from picodet_nas.engine.state import capture_rng, restore_rng
 from picodet_nas.errors import UserError
@@ -223,19 +223,6 @@ def test_run_dir_rules(tmp_path):
     one = prepare_run_dir("eval", default_name="exp", root=root)
     (one.path / "f").write_text("x")
     assert prepare_run_dir("eval", default_name="exp", root=root).path == root / "eval" / "exp-2"
-
-
-# ---- config files -------------------------------------------------------------------------
-def test_flat_config_unknown_key_names_it(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("epochs: 3\nbatch-size: 4\n")
-    assert load_flat_config(path, ["epochs", "batch_size"]) == {"epochs": 3, "batch_size": 4}
-    path.write_text("epochs: 3\nbatchsize: 4\n")
-    with pytest.raises(UserError, match=r"unknown key 'batchsize' \(did you mean 'batch_size'\?\)"):
-        load_flat_config(path, ["epochs", "batch_size"])
-    path.write_text("epochs: [1\n")
-    with pytest.raises(UserError, match="not valid YAML"):
-        load_flat_config(path, ["epochs"])
 
 
 # ---- RNG states in checkpoints ------------------------------------------------------------

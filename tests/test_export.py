@@ -14,6 +14,8 @@ from picodet_nas.arch import PRESETS
 from picodet_nas.export import DeployModel, DetectModel, export_onnx
 from picodet_nas.models import build_model
 from picodet_nas.postprocess import EVAL_NMS
+from picodet_nas.registry import get_preset, get_space, list_presets, list_spaces
+from supernet import Supernet
 
 from engine_helpers import one_line_error
 from helpers import make_realistic, random_arch, structured_images
@@ -86,14 +88,27 @@ def _check_detections(model, size, path):
     return True
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", list_presets())
 def test_presets_onnx_parity(name, tmp_path):
-    arch = PRESETS[name]
+    """Every registered preset, raw outputs and detections, at its input size (at most 416)."""
+    arch = get_preset(name)
     size = min(arch.input_size, 416)
     torch.manual_seed(0)
     model = make_realistic(build_model(arch), size)
     _check_raw(model, size, tmp_path / "raw.onnx")
     _check_detections(model, size, tmp_path / "det.onnx")
+
+
+@pytest.mark.parametrize("name", list_spaces())
+def test_every_space_exports_its_extracted_subnets(name, tmp_path):
+    """The largest and the smallest subnet of every registered space, as the supernet extracts
+    them, exported and run in ONNX Runtime at 64 px (raw outputs)."""
+    space = get_space(name)
+    torch.manual_seed(0)
+    supernet = Supernet(space, num_classes=3)
+    for i, arch in enumerate((space.largest(), space.smallest())):
+        model = make_realistic(supernet.extract(arch), 64, seed=i)
+        _check_raw(model, 64, tmp_path / f"{i}.onnx", batch=1)
 
 
 def test_random_archs_onnx_parity(tmp_path):

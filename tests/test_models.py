@@ -7,6 +7,7 @@ import torch
 
 from picodet_nas.arch import PRESETS
 from picodet_nas.models import build_model
+from picodet_nas.registry import get_preset, list_presets
 from picodet_nas.summary import count_params, summarize
 
 from helpers import random_arch
@@ -57,6 +58,20 @@ def test_initialisation():
         assert out.weight.std().item() == pytest.approx(0.01, rel=0.2)
     conv = model.backbone.blocks[3].pw2.conv.weight  # Kaiming normal, fan_in
     assert conv.std().item() == pytest.approx((2.0 / conv[0].numel()) ** 0.5, rel=0.15)
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_builds_and_trains_a_step(name):
+    """Every registered preset, at 128 px: its widths do not depend on the input size, so even
+    the 640 px model needs no large input here."""
+    torch.manual_seed(0)
+    arch = get_preset(name)
+    model = build_model(arch.replace(input_size=128), num_classes=3).train()
+    outs = model(torch.rand(2, 3, 128, 128))
+    assert [o.shape[-1] for o in outs] == [-(-128 // s) for s in (8, 16, 32, 64)]
+    sum(o.square().mean() for o in outs).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert count_params(model) == count_params(build_model(arch, num_classes=3))
 
 
 def test_random_archs_forward_backward():

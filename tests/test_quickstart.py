@@ -10,15 +10,16 @@ import pytest
 import yaml
 
 from engine_helpers import load_json, nas, one_line_error, write
-from picodet_nas.cli.quickstart_pipeline import (CONFIG_FILE, choose_budget, load_config, plot_supernet_curves,
-                                                 write_report)
+from picodet_nas.cli.quickstart_config import CONFIG_FILE, load_config
+from picodet_nas.cli.quickstart_pipeline import choose_budget
+from picodet_nas.cli.quickstart_report import plot_supernet_curves, write_report
 from picodet_nas.errors import UserError
 
 TINY_CONFIG = """\
 threads: 1
 dataset: {train: 20, val: 4, image_size: 64}
 supernet: {epochs: 1, batch_size: 4, lr: 0.01, warmup_iters: 2, eval_interval: 1, calib_images: 4, log_interval: 1}
-profile: {repeats: 2, warmup: 0, burst: 1, calibrate: 3, validate: 3, input_sizes: [160]}
+profile: {repeats: 2, warmup: 0, burst: 1, calibrate: 3, validate: 3, input_size: [160]}
 evolve: {population: 4, parents: 2, mutations: 2, crossovers: 2, generations: 2, calib_images: 4, val_images: 4,
          batch_size: 4, workers: 0}
 retrain: {epochs: 2, batch_size: 4, lr: 0.01, warmup_iters: 2, bn_freeze_epochs: 1, eval_interval: 1, log_interval: 1}
@@ -33,19 +34,25 @@ def test_shipped_config_loads_and_override_merges(tmp_path):
     assert merged.seed == 3 and merged.supernet["epochs"] == 2
     assert merged.supernet["batch_size"] == shipped.supernet["batch_size"]  # the rest of the section stays
     assert merged.budget == {"fraction": 0.4, "ms": 2.5}
+    assert merged.supernet["strategy"] == "sandwich" and merged.supernet["amp"] is None  # every option, resolved
+    flagged = load_config(tmp_path / "o.yaml", {"seed": 5, "budget": {"ms": 1.5, "fraction": None}})
+    assert flagged.seed == 5 and flagged.budget == {"fraction": 0.4, "ms": 1.5}  # flags over both files
     assert merged.sources[-1] == str(tmp_path / "o.yaml")
 
 
 @pytest.mark.parametrize("text, needle", [
     ("colour: red\n", "unknown key 'colour'"),
-    ("supernet: {epoch: 3}\n", "supernet: unknown option 'epoch'"),
-    ("evolve: {latency_budget: 3}\n", "evolve: unknown option 'latency_budget'"),
-    ("dataset: {seed: 4}\n", "dataset: unknown option 'seed'"),
-    ("budget: {fraction: 1.5}\n", "fraction must be a number in [0, 1]"),
-    ("budget: {ms: 17ms}\n", "ms must be a positive number of milliseconds"),
+    ("supernet: {epoch: 3}\n", "supernet: unknown key 'epoch' (did you mean 'epochs'?)"),
+    ("supernet: {epochs: ten}\n", "supernet: epochs must be an integer, got 'ten'"),
+    ("evolve: {latency_budget: 3}\n", "evolve: latency_budget is set by nas quickstart itself"),
+    ("dataset: {seed: 4}\n", "dataset: seed is a shared key"),
+    ("data: shapes\n", "nas quickstart generates its dataset"),
+    ("budget: {fraction: 1.5}\n", "budget: fraction must be a number in [0, 1]"),
+    ("budget: {ms: fast}\n", "budget: ms 'fast' is not a latency"),
     ("retrain: {init: imagenet}\n", "init must be scratch or supernet"),
     ("retrain: 5\n", "retrain must be a mapping"),
     ("seed: [1]\n", "seed must be an integer"),
+    ("threads: 0\n", "threads must be a positive integer"),
     ("dataset: {train: [\n", "not valid YAML"),
 ])
 def test_bad_config_files_are_one_line_errors(tmp_path, text, needle):
@@ -112,8 +119,8 @@ def test_supernet_curves_from_metrics_csv(tmp_path):
 def test_bad_quickstart_arguments_exit_2_before_anything_is_written(tmp_path):
     assert "is not a latency" in one_line_error(nas("quickstart", "--budget-ms", "fast", "--out", "run", cwd=tmp_path))
     write(tmp_path / "bad.yaml", "supernet: {epoch: 3}\n")
-    assert "unknown option 'epoch'" in one_line_error(nas("quickstart", "--config", "bad.yaml", "--out", "run",
-                                                          cwd=tmp_path))
+    assert "unknown key 'epoch'" in one_line_error(nas("quickstart", "--config", "bad.yaml", "--out", "run",
+                                                       cwd=tmp_path))
     assert not (tmp_path / "run").exists()
 
 

@@ -7,9 +7,10 @@ import yaml
 
 from picodet_nas.arch import PRESETS
 from picodet_nas.errors import SpaceError
+from picodet_nas.registry import list_spaces
 from picodet_nas.space import SPACES_DIR, SearchSpace, load_space
 
-SHIPPED = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+SHIPPED = list_spaces()
 
 
 def test_shipped_spaces_present():
@@ -78,7 +79,7 @@ def test_malformed_space(tmp_path, mutate, needle):
 
 
 def test_unknown_space_name():
-    with pytest.raises(SpaceError, match="unknown search space 'esnet_xl'"):
+    with pytest.raises(SpaceError, match=r"unknown search space 'esnet_xl' \(did you mean 'esnet_l'\?\)"):
         load_space("esnet_xl")
 
 

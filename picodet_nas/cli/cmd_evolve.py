@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from .config import add_config_flags, resolve
 
-def _count_or_all(text: str) -> int | None:
+
+def _count_or_all(text: str) -> int | str:
+    """A number of images, or 'all' (`evolve_settings` makes it None, EvolveConfig's 'all')."""
     if text.lower() == "all":
-        return None
+        return "all"
     try:
         value = int(text)
     except ValueError:
@@ -116,22 +119,24 @@ def register(sub) -> None:
                      help="also write the best-so-far mAP per generation as TensorBoard scalars into the run folder's "
                           "tensorboard/ (needs the optional extra: pip install \"picodet-nas[tensorboard]\")")
     out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_config_flags(p, "evolve", shared=("seed", "data"), exclude=("progress",))
     p.set_defaults(handler=run)
+
+
+def evolve_settings(values: dict) -> dict:
+    """`EvolveConfig`'s fields among the command's options ('all' images as None)."""
+    from dataclasses import fields
+
+    from evolution.search import EvolveConfig
+
+    names = {f.name for f in fields(EvolveConfig)}
+    return {k: (None if v == "all" else v) for k, v in values.items() if k in names}
 
 
 def run(args: argparse.Namespace) -> int:
     from evolution.search import EvolveConfig, run_evolve
 
-    cfg = EvolveConfig(
-        supernet=args.supernet, latency_table=args.latency_table, latency_budget=args.latency_budget, data=args.data,
-        strategy=args.strategy, population=args.population, parents=args.parents, mutations=args.mutations,
-        crossovers=args.crossovers, mutation_prob=args.mutation_prob, generations=args.generations, seed=args.seed,
-        workers=args.workers, threads_per_worker=args.threads_per_worker, address=args.address, storage=args.storage,
-        resume=args.resume, out=args.out, name=args.name, calib_images=args.calib_images, val_images=args.val_images,
-        batch_size=args.batch_size, data_seed=args.data_seed, references=args.references,
-        rescore_top=args.rescore_top, rescore_images=args.rescore_images, tensorboard=args.tensorboard,
-        device=args.device, gpus_per_worker=args.gpus_per_worker,
-    )
+    cfg = EvolveConfig(**evolve_settings(resolve(args)), resume=args.resume)
     result = run_evolve(cfg, progress=args.progress)
     print(result.summary)
     return 0

@@ -1,8 +1,10 @@
-"""nas make-dataset shapes --out DIR [--train N] [--val M] [--image-size S] [--seed K]"""
+"""nas make-dataset shapes --out DIR [--train N] [--val M] [--image-size S] [--seed K] [-c CONFIG]"""
 
 from __future__ import annotations
 
 import argparse
+
+from .config import add_config_flags, resolve
 
 
 def register(sub) -> None:
@@ -21,13 +23,15 @@ def register(sub) -> None:
     p.add_argument("--image-size", type=int, default=320, help="square image side in pixels (default: 320)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_config_flags(p, "dataset", shared=("seed",), exclude=("kind", "overwrite"))
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import make_shapes_dataset
 
-    out = make_shapes_dataset(args.out, train=args.train, val=args.val, image_size=args.image_size, seed=args.seed,
+    v = resolve(args)
+    out = make_shapes_dataset(v["out"], train=v["train"], val=v["val"], image_size=v["image_size"], seed=v["seed"],
                               overwrite=args.overwrite)
-    print(f"wrote {out}: {args.train} training and {args.val} validation images of {args.image_size} px")
+    print(f"wrote {out}: {v['train']} training and {v['val']} validation images of {v['image_size']} px")
     return 0

@@ -9,6 +9,8 @@ from pathlib import Path
 
 def register(sub) -> None:
     from ..latency import run_bundle
+    from ..space import list_spaces
+    from .config import add_config_flags
 
     p = sub.add_parser(
         "profile-device",
@@ -25,7 +27,7 @@ def register(sub) -> None:
                       help="write a bundle (models, manifest, run_bundle.py) for a remote device instead of timing here")
     mode.add_argument("--import", dest="import_path", metavar="RESULTS.json",
                       help="build the table from the RESULTS.json a bundle's run_bundle.py wrote")
-    p.add_argument("--space", help="search space: a name in search_spaces/ (e.g. esnet_s) or a YAML file")
+    p.add_argument("--space", help=f"search space: a registered name ({', '.join(list_spaces())}) or a YAML file")
     p.add_argument("--input-size", type=int, nargs="+", metavar="N",
                    help="input size(s) to profile, each a choice of the space (default: all of the space's)")
     p.add_argument("--threads", type=int, default=run_bundle.DEFAULT_THREADS,
@@ -59,7 +61,17 @@ def register(sub) -> None:
     p.add_argument("--out", help="table path (default: latency_tables/<name>.json)")
     p.add_argument("--force", action="store_true", help="overwrite an existing table or bundle")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration/validation subnets (default: 0)")
+    add_config_flags(p, "profile", shared=("seed", "space"), exclude=("bundle", "import_path", "force"))
     p.set_defaults(handler=run)
+
+
+def plan_settings(values: dict) -> dict:
+    """The measurement settings (`latency.plan_for`'s arguments) of the command's options."""
+    return dict(input_sizes=values["input_size"], threads=values["threads"], repeats=values["repeats"],
+                warmup=values["warmup"], burst=values["burst"], calibrate=values["calibrate"],
+                validate=values["validate"], num_classes=values["num_classes"],
+                statistic=values["statistic"] or "median", clock=values["clock"],
+                allow_spinning={"auto": None, "on": True, "off": False}[values["spinning"]], seed=values["seed"])
 
 
 class _ProgressBars:
@@ -107,23 +119,21 @@ def run(args: argparse.Namespace) -> int:
     from ..latency.run_bundle import device_info
     from ..latency.table import DEFAULT_DIR
     from ..space import load_space
+    from .config import resolve
 
+    values = resolve(args)
     progress = _ProgressBars()
     if args.import_path:
-        table = import_results(args.import_path, name=args.name, statistic=args.statistic)
-        out = Path(args.out) if args.out else DEFAULT_DIR / f"{table['meta']['name']}.json"
+        table = import_results(args.import_path, name=values["name"], statistic=values["statistic"])
+        out = Path(values["out"]) if values["out"] else DEFAULT_DIR / f"{table['meta']['name']}.json"
         _refuse_overwrite(out, args.force)
     else:
-        if not args.space:
+        if not values["space"]:
             raise UserError("--space is required (or --import RESULTS.json)")
-        space = load_space(args.space)
-        spinning = {"auto": None, "on": True, "off": False}[args.spinning]
-        plan_kwargs = dict(input_sizes=args.input_size, threads=args.threads, repeats=args.repeats,
-                           warmup=args.warmup, burst=args.burst, calibrate=args.calibrate, validate=args.validate,
-                           num_classes=args.num_classes, statistic=args.statistic or "median",
-                           clock=args.clock, allow_spinning=spinning, seed=args.seed)
+        space = load_space(values["space"])
+        plan_kwargs = plan_settings(values)
         if args.bundle:
-            if args.backend != "onnxruntime":
+            if values["backend"] != "onnxruntime":
                 raise UserError("--bundle times with onnxruntime on the device; --backend torch does not apply")
             out = Path(args.bundle)
             _refuse_overwrite(out, args.force)
@@ -133,12 +143,12 @@ def run(args: argparse.Namespace) -> int:
                   f"`python {out.stem}/run_bundle.py`, then `nas profile-device --import RESULTS.json`")
             return 0
         # Name and path first: a run of minutes must not end in "file exists".
-        name = args.name or default_table_name(args.device_name or device_info()["device"], args.backend,
-                                               args.threads, space.name, args.input_size or space.input_sizes,
-                                               space.input_sizes)
-        out = Path(args.out) if args.out else DEFAULT_DIR / f"{name}.json"
+        name = values["name"] or default_table_name(values["device_name"] or device_info()["device"],
+                                                    values["backend"], values["threads"], space.name,
+                                                    values["input_size"] or space.input_sizes, space.input_sizes)
+        out = Path(values["out"]) if values["out"] else DEFAULT_DIR / f"{name}.json"
         _refuse_overwrite(out, args.force)
-        table = profile_device(space, backend=args.backend, device_name=args.device_name, name=name,
+        table = profile_device(space, backend=values["backend"], device_name=values["device_name"], name=name,
                                progress=progress, **plan_kwargs)
     progress.close()
     path, png = write_table(table, out)

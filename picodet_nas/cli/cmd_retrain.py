@@ -1,6 +1,6 @@
 """nas retrain ARCH --data DIR [-c CONFIG] [--epochs N] [--batch-size B] [--lr LR] [--resume [PATH]] ...
 
-Also home of the training flags and the `-c CONFIG` merge that `nas train-supernet` shares.
+Also home of the training flags that `nas train-supernet` shares.
 """
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..arch import list_presets
 from ..data.transforms import INTERPOLATION_MODES
+from .config import add_config_flags, resolve
 
 RESUME_HELP = ("continue a run exactly where its last.pt left it: without a value, the run named by --out/--name "
                "(or the latest run of this command); with a value, that run directory (or its last.pt)")
@@ -25,11 +27,8 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
-    """The recipe flags of both training commands. Every default is None, meaning 'the published
-    recipe' (or the config file's value), so that explicitly given flags can be told apart."""
-    p.add_argument("-c", "--config", metavar="CONFIG",
-                   help="a flat YAML file of these options (e.g. 'epochs: 20' or 'batch-size: 16'); flags given "
-                        "on the command line override it; an unknown key is an error")
+    """The recipe flags of both training commands. Every default is None: the published recipe
+    of the model decides."""
     p.add_argument("--data", metavar="DIR",
                    help="COCO-format dataset: the COCO 2017 layout (annotations/instances_{train,val}2017.json, "
                         "train2017/, val2017/) or the simple one (annotations/instances_{train,val}.json, images/)")
@@ -94,34 +93,6 @@ TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "warmup_iters", "cosine_epochs", 
                  "channels_last", "workers", "seed", "log_interval", "tensorboard", "sync_bn", "deterministic")
 
 
-def merged_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
-    """The command's options: the config file's values, overridden by the flags given.
-
-    Config values are converted and checked like the flags themselves (so `lr: 1e-3`, which
-    YAML reads as a string, still works, and `device: tpu` is refused naming the key).
-    """
-    from ..engine.config import load_flat_config
-    from ..errors import UserError
-
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "resume")}
-    values: dict[str, Any] = {}
-    if args.config:
-        for key, value in load_flat_config(args.config, actions).items():
-            action = actions[key]
-            if isinstance(value, str) and action.type is not None:
-                try:
-                    value = action.type(value)
-                except (TypeError, ValueError):
-                    raise UserError(f"{args.config}: {key}: invalid value {value!r}") from None
-            if action.choices is not None and value not in action.choices:
-                raise UserError(f"{args.config}: {key}: {value!r} is not one of {', '.join(map(str, action.choices))}")
-            values[key] = value
-    for key in actions:
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    return values
-
-
 def register(sub) -> None:
     p = sub.add_parser(
         "retrain",
@@ -136,7 +107,9 @@ def register(sub) -> None:
         "first picks the learning rate and weight decay with a Ray Tune sweep. Multi-GPU or multi-process: "
         "launch with torchrun.",
     )
-    p.add_argument("arch", help="a preset (picodet-s, picodet-m, picodet-l) or an architecture YAML (e.g. best.yaml)")
+    p.add_argument("arch", nargs="?",
+                   help=f"a preset ({', '.join(list_presets())}) or an architecture YAML (e.g. best.yaml); also "
+                        "`retrain: arch:` in the -c file")
     p.add_argument("--input-size", type=int, help="train and evaluate at this input size (default: the architecture's)")
     add_training_flags(p, "retrain")
     p.add_argument("--init", metavar="scratch|supernet|MODEL.pt",
@@ -165,18 +138,16 @@ def register(sub) -> None:
                        help="Ray cluster to join for the trials ('auto' or host:port; default: the RAY_ADDRESS "
                             "environment variable, else a local Ray instance without dashboard); every node needs "
                             "the data and the run directory at the same path")
-    p.set_defaults(handler=run, parser=p)
+    add_config_flags(p, "retrain", shared=("seed", "data"), required=("arch", "data"))
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.retrain import retrain
-    from ..errors import UserError
 
-    values = merged_options(args.parser, args)
-    if not values.get("data"):
-        raise UserError("--data DIR is required (a COCO-format dataset)")
-    options = {k: values[k] for k in (*TRAIN_OPTIONS, "input_size") if k in values}
-    arch = values.get("arch", args.arch)
+    values = resolve(args)
+    options = {k: values[k] for k in (*TRAIN_OPTIONS, "input_size")}
+    arch = values["arch"]
     metrics = retrain(arch, values["data"], options=options, out=values.get("out"), name=values.get("name"),
                       resume=args.resume, measure_latency=values.get("measure_latency"),
                       init=initial_weights(values, arch), sweep=_sweep_settings(values))
@@ -202,7 +173,7 @@ def initial_weights(values: dict[str, Any], arch_spec: str):
     `--init MODEL.pt`: a model file's weights (`engine.pretrained`)."""
     from ..errors import UserError
 
-    init = values.get("init", "scratch")
+    init = values.get("init") or "scratch"
     if init != "supernet" and values.get("supernet"):
         raise UserError("--supernet gives the weights of --init supernet; add --init supernet or leave it out")
     if init == "scratch":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .cmd_retrain import TRAIN_OPTIONS, add_training_flags, merged_options, read_init_file
+from ..space import list_spaces
+from .cmd_retrain import TRAIN_OPTIONS, add_training_flags, read_init_file
+from .config import add_config_flags, resolve
 
 
 def register(sub) -> None:
@@ -17,7 +19,7 @@ def register(sub) -> None:
         "largest and the smallest subnet. Writes supernet.pt (for nas evolve), last.pt (resumable exactly) and "
         "metrics.csv. Multi-GPU or multi-process: launch with torchrun.",
     )
-    p.add_argument("--space", help="search space: a name in search_spaces/ (e.g. esnet_s, quickstart) or a YAML file")
+    p.add_argument("--space", help=f"search space: a registered name ({', '.join(list_spaces())}) or a YAML file")
     add_training_flags(p, "train-supernet")
     p.add_argument("--strategy", choices=("uniform", "sandwich"),
                    help="subnets per step: uniform (one random; default) or sandwich (largest + smallest + random)")
@@ -33,19 +35,15 @@ def register(sub) -> None:
                         "its weights go into the supernet's slices of that subnet; a backbone-only file fills the "
                         "backbone of the largest network with its channel ratios (default: the builder's "
                         "initialisation)")
-    p.set_defaults(handler=run, parser=p)
+    add_config_flags(p, "supernet", shared=("seed", "space", "data"), required=("space", "data"))
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from supernet.train import train_supernet
 
-    from ..errors import UserError
-
-    values = merged_options(args.parser, args)
-    for key in ("space", "data"):
-        if not values.get(key):
-            raise UserError(f"--{key} is required (on the command line or in the -c config file)")
-    options = {k: values[k] for k in (*TRAIN_OPTIONS, "strategy", "num_random", "search_fraction", "distill") if k in values}
+    values = resolve(args)
+    options = {k: values[k] for k in (*TRAIN_OPTIONS, "strategy", "num_random", "search_fraction", "distill")}
     init = read_init_file(values["init"]) if values.get("init") else None
     summary = train_supernet(values["space"], values["data"], options=options, out=values.get("out"),
                              name=values.get("name"), resume=args.resume, init=init)

@@ -2,7 +2,8 @@
 
 Every command lives in its own module exposing `register(subparsers)`; its handler is
 imported lazily so that `nas --help` stays fast. Bad input (a `UserError`) becomes one
-line on stderr and exit code 2.
+line on stderr and exit code 2. `--print-config`, where a command has it (`config.add_config_flags`),
+prints the command's resolved configuration instead of running it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "print_config", False):
+            sys.stdout.write(args.config_text(args))
+            return 0
         return int(args.handler(args) or 0)
     except UserError as e:
         print(f"nas {args.command}: error: {e}", file=sys.stderr)

@@ -9,7 +9,7 @@
   `engine.sweep`: the Ray Tune sweep of `nas retrain --sweep N`.
 """
 
-from .config import TrainConfig, load_flat_config, multiscale_sizes
+from .config import TrainConfig, multiscale_sizes
 from .distributed import DistInfo, init_distributed
 from .ema import CycleEMA
 from .evaluate import evaluate_coco
@@ -32,7 +32,6 @@ __all__ = [
     "build_optimizer",
     "evaluate_coco",
     "init_distributed",
-    "load_flat_config",
     "multiscale_sizes",
     "split_decay",
 ]

@@ -22,17 +22,14 @@ defaults are never shrunk.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from ..arch import Arch
 from ..data.transforms import INTERPOLATION_MODES
 from .bn_calibration import DEFAULT_CALIB_IMAGES
 from ..errors import UserError
-from ..utils.io import read_config_yaml
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -217,29 +214,3 @@ class TrainConfig:
              "a non-empty list of multiples of 32")
         need(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
         need(self.amp in AMP_MODES, "amp", f"one of {', '.join(AMP_MODES)}")
-
-
-# ---- flat YAML config files (-c CONFIG) ----------------------------------------------------
-def load_flat_config(path: str | Path, allowed: Iterable[str]) -> dict[str, Any]:
-    """A flat YAML mapping of option names (`batch_size` or `batch-size`) to values.
-
-    Unknown keys are an error naming the key and the closest known option, never ignored.
-    """
-    path = Path(path)
-    doc = read_config_yaml(path)
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise UserError(f"{path}: expected a flat mapping of option: value")
-    allowed = sorted(allowed)
-    out: dict[str, Any] = {}
-    for key, value in doc.items():
-        name = str(key).replace("-", "_")
-        if name not in allowed:
-            close = difflib.get_close_matches(name, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(allowed)})"
-            raise UserError(f"{path}: unknown key {key!r}{hint}")
-        if isinstance(value, dict):
-            raise UserError(f"{path}: key {key!r} must be a plain value, not a mapping (the file is flat)")
-        out[name] = value
-    return out
