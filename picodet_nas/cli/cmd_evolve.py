@@ -120,7 +120,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evolution.search import EvolveConfig, run_evolve
+    from evolution.search import run_evolve
+    from evolution.settings import EvolveConfig
 
     cfg = EvolveConfig(
         supernet=args.supernet, latency_table=args.latency_table, latency_budget=args.latency_budget, data=args.data,
