@@ -22,7 +22,7 @@ from train_common import write_result
 from picodet_nas.data import resolve_data
 from picodet_nas.data.coco import CocoDetection
 from picodet_nas.engine.evaluate import evaluate_coco
-from picodet_nas.engine.retrain import load_trained_model
+from picodet_nas.engine.trained import load_trained_model
 
 
 def bn_names(model: nn.Module) -> list[str]:

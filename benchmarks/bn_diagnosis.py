@@ -68,7 +68,7 @@ def score(run_dir: Path, data: Path, input_size: int, calib_images: int) -> dict
     from picodet_nas.data import CalibCache, resolve_data
     from picodet_nas.data.coco import CocoDetection
     from picodet_nas.engine.evaluate import evaluate_coco
-    from picodet_nas.engine.retrain import load_trained_model
+    from picodet_nas.engine.trained import load_trained_model
 
     paths = resolve_data(data)
     val = CocoDetection(paths.val_ann, paths.val_images)

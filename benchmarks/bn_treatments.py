@@ -103,7 +103,7 @@ def main() -> None:
     from picodet_nas.data.coco import CocoDetection
     from picodet_nas.engine.config import multiscale_sizes
     from picodet_nas.engine.evaluate import evaluate_coco
-    from picodet_nas.engine.retrain import load_trained_model
+    from picodet_nas.engine.trained import load_trained_model
 
     paths = resolve_data(args.data)
     val = CocoDetection(paths.val_ann, paths.val_images)

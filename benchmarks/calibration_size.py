@@ -37,7 +37,7 @@ from picodet_nas.checkpoint import apply_state, load_model_weights
 from picodet_nas.data import CocoDetection, resolve_data
 from picodet_nas.data.split import held_out_indices
 from picodet_nas.engine.evaluate import predict_batches
-from picodet_nas.engine.retrain import load_trained_model
+from picodet_nas.engine.trained import load_trained_model
 from picodet_nas.evaluation import coco_evaluate
 from picodet_nas.space import load_space
 from supernet import Supernet

@@ -51,7 +51,7 @@ from picodet_nas.arch import Arch, save_arch
 from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE
 from picodet_nas.data import CocoDetection, resolve_data
 from picodet_nas.data.split import held_out_indices, remaining_indices, subset_doc
-from picodet_nas.engine.retrain import load_trained_model
+from picodet_nas.engine.trained import load_trained_model
 from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.latency.predictor import LatencyPredictor
 from picodet_nas.space import SearchSpace, load_space

@@ -44,7 +44,7 @@ from picodet_nas.arch import Arch, save_arch
 from picodet_nas.checkpoint import load_model_weights
 from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE
 from picodet_nas.data import resolve_data
-from picodet_nas.engine.retrain import load_trained_model
+from picodet_nas.engine.trained import load_trained_model
 from picodet_nas.summary import count_macs, count_params
 from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.latency.predictor import LatencyPredictor

@@ -130,7 +130,7 @@ def eval_vs_batch_stats(model_file: Path, arch: str | Path, data: Path, input_si
     from picodet_nas.data import resolve_data
     from picodet_nas.data.coco import CocoDetection
     from picodet_nas.engine.evaluate import evaluate_coco
-    from picodet_nas.engine.retrain import load_trained_model
+    from picodet_nas.engine.trained import load_trained_model
 
     paths = resolve_data(data)
     val = CocoDetection(paths.val_ann, paths.val_images)

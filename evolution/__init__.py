@@ -15,7 +15,7 @@ use (PEP 562), so that importing the package (and `nas --help`) does not import 
 import importlib
 
 _EXPORTS = {
-    "EvolveConfig": "search", "EvolveResult": "search", "run_evolve": "search",
+    "EvolveConfig": "settings", "EvolveResult": "search", "run_evolve": "search",
     "parse_budget": "budget",
     "GAProposer": "proposers", "NSGA2Proposer": "proposers", "Proposal": "proposers", "STRATEGIES": "proposers",
     "Constraint": "operators", "FeasibleSampler": "operators", "GenomeSpace": "operators",

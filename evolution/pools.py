@@ -1,7 +1,8 @@
 """Who scores the candidates: this process (`--workers 0`) or a pool of Ray actors.
 
 Both pools take a list of architectures and yield `(arch, result)` pairs as results arrive,
-so the driver records each score the moment it exists.
+so the driver records each score the moment it exists. `make_pool` builds the one a search
+asks for, and `LazyPool` builds it only once there is a candidate to score.
 
 Ray: each actor is one process holding the supernet once. The weights and the scoring images
 (decoded and preprocessed once, by the driver, for every input size of the search) are
@@ -33,7 +34,7 @@ from picodet_nas.arch import Arch
 from picodet_nas.errors import UserError
 from picodet_nas.utils.ray_session import RaySession  # shared with nas retrain --sweep; still importable here
 
-from .scoring import CandidateScorer, ScoringData
+from .scoring import CandidateScorer, NetworkScorer, ScoringData
 
 MAX_ATTEMPTS = 3  # workers one candidate may take down before the search stops
 ACTOR_MAX_RESTARTS = 4  # restarts of each actor process
@@ -224,3 +225,44 @@ def _get(ray, future):
         if isinstance(cause, UserError):
             raise cause from None
         raise
+
+
+class LazyPool:
+    """Creates the real pool (the Ray actors, or the in-process scorer) on the first candidate
+    to score: resuming a search whose candidates are all scored loads no supernet anywhere."""
+
+    def __init__(self, make: Callable[[], Any]):
+        self._make = make
+        self._pool = None
+
+    def score(self, archs: Iterable[Arch]) -> Iterator[tuple[Arch, dict[str, Any]]]:
+        archs = list(archs)
+        if not archs:
+            return iter(())
+        if self._pool is None:
+            self._pool = self._make()
+        return self._pool.score(archs)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def make_pool(*, workers: int | None, threads_per_worker: int, device: str, gpus_per_worker: float,
+              session: RaySession | None, space_definition: Mapping[str, Any], num_classes: int,
+              state: Mapping[str, Any], data: ScoringData, input_sizes: Iterable[int],
+              log: logging.Logger) -> LazyPool:
+    """The pool of a search: in this process for `workers` 0, else Ray actors in `session`,
+    whose scoring images the driver decodes once and shares through the object store."""
+    if workers == 0:
+        return LazyPool(lambda: InProcessPool(lambda: CandidateScorer(space_definition, num_classes, state, data,
+                                                                      threads_per_worker, device=device)))
+
+    def make() -> RayPool:
+        images = NetworkScorer(data).decoded_images(input_sizes)
+        return RayPool(session, workers=workers, threads_per_worker=threads_per_worker,
+                       space_definition=space_definition, num_classes=num_classes, state=state, data=data,
+                       log=log, images=images, device=device, gpus_per_worker=gpus_per_worker)
+
+    return LazyPool(make)

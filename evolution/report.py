@@ -1,7 +1,7 @@
 """What a search writes: `best.yaml`, `pareto.csv`, `pareto.png`, `generations.csv`.
 
-All of it is rewritten (atomically) from the history after every generation, so an
-interrupted search still leaves readable, current outputs, and a resumed one ends with
+All of it is rewritten (atomically) from the history after every generation (`SearchOutputs`),
+so an interrupted search still leaves readable, current outputs, and a resumed one ends with
 exactly what an uninterrupted one would have written.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from picodet_nas.arch import save_arch
 from picodet_nas.utils.io import atomic_write_text
 
-from .history import Scored, records_table
+from .history import Scored, SearchHistory, records_table
 
 
 def best_of(candidates: Sequence[Scored]) -> Scored | None:
@@ -153,3 +153,45 @@ def write_best_yaml(path: Path, best: Scored, *, space_ref: Mapping[str, str], p
         "scores": {"map": best.map, "predicted_latency_ms": best.predicted_latency_ms, "params": best.params,
                    "flops": best.flops, **dict(extra_scores or {})},
     })
+
+
+def generation_scalars(history: SearchHistory, g: int, best: Scored | None) -> dict[str, float]:
+    """The search's curve after generation `g`: the best-so-far and the generation's own scores."""
+    own = [c.map for c in history.candidates(generation=g)]
+    out = {"candidates": float(len(history.candidates()))}
+    if best is not None:
+        out.update(best_mAP=best.map, best_predicted_ms=best.predicted_latency_ms)
+    if own:
+        out.update(generation_mean_mAP=sum(own) / len(own), generation_max_mAP=max(own))
+    return out
+
+
+class SearchOutputs:
+    """Rewrites the outputs of the run directory from the history; returns the chosen architecture."""
+
+    def __init__(self, run_dir: Path, space, budget_ms: float, provenance: dict, title: str):
+        self.run_dir = run_dir
+        self.space = space
+        self.budget_ms = budget_ms
+        self.provenance = provenance
+        self.title = title
+
+    def write(self, history: SearchHistory, rescored: dict | None = None) -> Scored | None:
+        """`rescored` (`evolution.rescore.rescore`): choose among the re-scored candidates by their new score."""
+        candidates, references = history.candidates(), history.references()
+        best = best_of(candidates)
+        extra_scores: dict[str, Any] = {}
+        if rescored:
+            again = rescored["scores"]
+            pool = [c for c in candidates if c.key in again]
+            best = min(pool, key=lambda c: (-again[c.key]["map"], c.predicted_latency_ms, c.key))
+            extra_scores = {"rescore_map": again[best.key]["map"], "rescore_map50": again[best.key]["map50"],
+                            "rescore_images": rescored["images"], "rescored_candidates": len(again)}
+        write_generations_csv(self.run_dir / "generations.csv", candidates)
+        write_pareto_csv(self.run_dir / "pareto.csv", candidates, references, best)
+        plot_pareto(self.run_dir / "pareto.png", candidates, references, best, self.budget_ms, self.title)
+        if best is not None:
+            write_best_yaml(self.run_dir / "best.yaml", best, space_ref=self.space.ref(),
+                            provenance={**self.provenance, "generation": best.generation,
+                                        "candidates": len(candidates)}, extra_scores=extra_scores)
+        return best

@@ -36,11 +36,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The weights to deploy (the EMA weights where a training checkpoint has them) and meta."""
+def deployed_weights(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to use of a checkpoint: the EMA weights where a training checkpoint has them,
+    else the model's."""
+    return ckpt.get("ema") or ckpt["model"]
+
+
+def check_meta(meta: Mapping[str, Any], source: str | Path, *, kind: str | None = None, needs: str = "") -> None:
+    """A checkpoint fit for use, or a one-line `CheckpointError`: of `kind` when given (`needs`:
+    what needs that kind, for the message) and recording its number of classes."""
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"{source}: a {meta.get('kind')!r} checkpoint, not a {kind}"
+                              + (f"; {needs}" if needs else ""))
+    count = meta.get("num_classes")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise CheckpointError(f"{source}: the checkpoint's meta lacks num_classes")
+
+
+def load_model_weights(path: str | Path, *, kind: str | None = None, needs: str = ""
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(`deployed_weights`, meta) of a checkpoint checked by `check_meta`."""
     ckpt = load_checkpoint(path)
-    state = ckpt.get("ema") or ckpt["model"]
-    return state, ckpt["meta"]
+    check_meta(ckpt["meta"], path, kind=kind, needs=needs)
+    return deployed_weights(ckpt), ckpt["meta"]
 
 
 def apply_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:

@@ -53,17 +53,13 @@ def inherited_weights(checkpoint: str | Path, arch: Arch, *, space_fingerprint: 
     The input size does not change the weights (the network is fully convolutional), so an
     architecture retrained at another input size than its space's still inherits them.
     """
-    state, meta = load_model_weights(checkpoint)
-    if meta.get("kind") != "supernet":
-        raise CheckpointError(f"{checkpoint}: a {meta.get('kind')!r} checkpoint, not a supernet; --init supernet "
-                              f"needs the supernet.pt written by nas train-supernet")
+    state, meta = load_model_weights(checkpoint, kind="supernet",
+                                     needs="--init supernet needs the supernet.pt written by nas train-supernet")
     ref = meta.get("space") or {}
     if space_fingerprint is not None and ref.get("fingerprint") != space_fingerprint:
         raise SpaceError(f"{checkpoint} was trained on space {ref.get('name')!r} (fingerprint "
                          f"{ref.get('fingerprint')}) but {arch_source} was searched in a space with fingerprint "
                          f"{space_fingerprint}: the supernet must be the one the search used")
-    if not isinstance(meta.get("num_classes"), int):
-        raise CheckpointError(f"{checkpoint}: the checkpoint's meta lacks num_classes")
     space = checkpoint_space(meta, checkpoint)
     probe = arch if arch.input_size in space.input_sizes else arch.replace(input_size=space.input_sizes[0])
     try:

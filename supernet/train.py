@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from picodet_nas.checkpoint import save_checkpoint
+from picodet_nas.checkpoint import check_meta, save_checkpoint
 from picodet_nas.data import CocoDetection, resolve_data
 from picodet_nas.data.split import DEFAULT_SEARCH_FRACTION, SearchSplit, make_search_split
 from picodet_nas.engine.bn_calibration import DEFAULT_CALIB_IMAGES, BNCalibration
@@ -36,13 +36,13 @@ from picodet_nas.engine.evaluate import evaluate_coco
 from picodet_nas.engine.plan import NetworkPass
 from picodet_nas.engine.pretrained import Pretrained, initial_state
 from picodet_nas.engine.session import (close_logging, load_resume_checkpoint, load_split, load_train_val,
-                                        open_run, resumed_config, setup_logging, write_run_config)
+                                        open_run, resumed_config, setup_logging)
 from picodet_nas.engine.state import seed_everything
 from picodet_nas.engine.precision import resolve_amp
 from picodet_nas.engine.trainer import Trainer
 from picodet_nas.errors import UserError
 from picodet_nas.space import SearchSpace, load_space
-from picodet_nas.utils.rundir import default_run_name
+from picodet_nas.utils.rundir import check_resumed_settings, default_run_name, write_run_config
 
 from .inherit import embed_weights, pretrained_subnet
 from .sampling import STRATEGIES, SubnetSampler
@@ -114,18 +114,14 @@ def _supernet_options(values: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _check_resume(space: SearchSpace, ckpt: Mapping[str, Any], given: Mapping[str, Any], source: Path) -> dict:
-    """The resumed run's supernet options; a checkpoint of another space is a one-line error."""
+def _resumed_options(space: SearchSpace, ckpt: Mapping[str, Any], given: Mapping[str, Any], source: Path) -> dict:
+    """The resumed run's supernet options; a checkpoint of another space, or a given option that
+    differs from the recorded one, is a one-line error."""
     meta = ckpt["meta"]
-    if meta.get("kind") != "supernet":
-        raise UserError(f"{source}: not a supernet checkpoint")
+    check_meta(meta, source, kind="supernet", needs="nas train-supernet --resume continues a supernet's training")
     space.check_fingerprint((meta.get("space") or {}).get("fingerprint"), f"{source}: supernet checkpoint")
-    saved = meta["supernet_options"]
-    for key, value in given.items():
-        if key in saved and value is not None and value != saved[key]:
-            raise UserError(f"--{key.replace('_', '-')} {value} differs from the resumed run's {saved[key]} "
-                            f"({source}); leave it out to resume, or start a new run")
-    return dict(saved)
+    check_resumed_settings(meta["supernet_options"], given, source)
+    return dict(meta["supernet_options"])
 
 
 def train_supernet(space_spec: str | Path, data: str | Path, *, options: Mapping[str, Any] | None = None,
@@ -164,7 +160,7 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
                    default_name=default_run_name(space.name))
     ckpt = load_resume_checkpoint(run)
     if ckpt is not None:
-        sn_options = _check_resume(space, ckpt, sn_given, run.resume_from)
+        sn_options = _resumed_options(space, ckpt, sn_given, run.resume_from)
         cfg = resumed_config(ckpt, options, run.resume_from)
     else:
         cfg = fresh_cfg

@@ -24,7 +24,7 @@ import torch
 from engine_helpers import nas, shapes
 from picodet_nas.data import CocoDetection, build_eval_loader, resolve_data
 from picodet_nas.engine.bn_calibration import BNCalibration
-from picodet_nas.engine.retrain import load_trained_model
+from picodet_nas.engine.trained import load_trained_model
 from picodet_nas.losses import PicoDetLoss
 from picodet_nas.models.detector import flatten_outputs
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from picodet_nas.data.classes import Classes, check_same_classes, label_mapping
 from picodet_nas.data.coco import CocoDetection
 from picodet_nas.data.layout import resolve_data
 from picodet_nas.data.cache import CalibCache, EvalCache
@@ -127,6 +128,26 @@ def test_noncontiguous_ids_map_and_back(tmp_path):
     np.testing.assert_array_equal(sample["boxes"][0], [1, 1, 11, 11])
     assert sample["boxes"].dtype == np.float32 and sample["labels"].dtype == np.int64
     assert sample["image_id"] == 5 and sample["orig_size"] == (30, 40)
+
+
+
+def test_class_checks_name_the_first_differing_field():
+    model = Classes.of_checkpoint({"num_classes": 2, "class_names": ["a", "b"], "label_to_cat_id": [1, 3]}, "m.pt")
+    check_same_classes(model, Classes.of("d", ["a", "b"], [1, 3]), "hint")
+    check_same_classes(Classes.of("old.pt", None, None, count=2), Classes.of("d", ["a", "b"], [1, 3]), "hint")
+    with pytest.raises(DataError, match=r"^m.pt has 2 classes, d has 3: hint$"):
+        check_same_classes(model, Classes.of("d", ["a", "b", "c"], [1, 3, 4]), "hint")
+    with pytest.raises(DataError, match=r"^m.pt has category ids \[1, 3\], d has \[1, 2\]: hint$"):
+        check_same_classes(model, Classes.of("d", ["a", "b"], [1, 2]), "hint")
+    with pytest.raises(DataError, match=r"^m.pt has classes \['a', 'b'\], d has \['a', 'c'\]: hint$"):
+        check_same_classes(model, Classes.of("d", ["a", "c"], [1, 3]), "hint")
+    # an evaluation only needs the model's categories to exist in the data
+    assert label_mapping(model, Classes.of("d", ["a", "x", "b"], [1, 2, 3])) == [1, 3]
+    with pytest.raises(DataError, match="d lacks id 3"):
+        label_mapping(model, Classes.of("d", ["a", "x"], [1, 2]))
+    assert label_mapping(Classes.of("old.pt", None, None, count=2), Classes.of("d", ["a", "x"], [5, 9])) == [5, 9]
+    with pytest.raises(DataError, match="old.pt predicts 2 classes, d has 1 categories"):
+        label_mapping(Classes.of("old.pt", None, None, count=2), Classes.of("d", ["a"], [5]))
 
 
 def test_crowd_ignored_and_empty_images_kept(tmp_path):

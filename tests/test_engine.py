@@ -19,7 +19,7 @@ from picodet_nas.engine.state import capture_rng, restore_rng
 from picodet_nas.errors import UserError
 from picodet_nas.models import build_model
 from picodet_nas.space import SearchSpace
-from picodet_nas.utils.rundir import prepare_run_dir
+from picodet_nas.utils.rundir import check_resumed_settings, prepare_run_dir, read_run_config, write_run_config
 from supernet import SubnetSampler, Supernet
 from supernet.train import SupernetPlan
 
@@ -225,6 +225,47 @@ def test_run_dir_rules(tmp_path):
     assert prepare_run_dir("eval", default_name="exp", root=root).path == root / "eval" / "exp-2"
 
 
+
+def test_a_commands_marker_file_decides_what_resumes_and_a_failed_new_run_leaves_nothing(tmp_path):
+    root = tmp_path / "runs"
+    run = prepare_run_dir("evolve", name="s", root=root, marker="config.yaml")
+    assert run.created and run.resume_from is None
+    write_run_config(run.path, {"seed": 0})
+    with pytest.raises(UserError, match=r"it holds a config.yaml: add --resume to continue it"):
+        prepare_run_dir("evolve", name="s", root=root, marker="config.yaml")
+    resumed = prepare_run_dir("evolve", root=root, resume=True, marker="config.yaml")  # the latest search
+    assert resumed.resume_from == run.path / "config.yaml" and read_run_config(resumed.path) == {"seed": 0}
+    (run.path / "config.yaml").write_text("seed: [0\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        read_run_config(run.path)
+    fresh = prepare_run_dir("evolve", name="t", root=root, marker="config.yaml")
+    (fresh.path / "data").mkdir()
+    fresh.discard()  # created by this run: removed
+    assert not fresh.path.exists()
+    given = tmp_path / "given"
+    given.mkdir()
+    kept = prepare_run_dir("evolve", out=given, root=root, marker="config.yaml")
+    (given / "f").write_text("x")
+    kept.discard()  # the user's folder: emptied, kept
+    assert given.is_dir() and not any(given.iterdir())
+    write_run_config(run.path, {})
+    (run.path / "done").write_text("x")
+    with pytest.raises(UserError, match="the run is complete"):
+        prepare_run_dir("evolve", out=run.path, resume=True, marker="config.yaml", finished_marker="done")
+
+
+def test_resume_checks_name_every_differing_setting():
+    check_resumed_settings({"seed": 0, "lr": 0.1}, {"seed": 0, "lr": None, "new": 1}, "last.pt")  # None: not given
+    with pytest.raises(UserError, match=r"^--seed 1 and --strategy nsga2 differ from the resumed run's 0 and ga "
+                                        r"\(r/config.yaml\); resume with the same settings"):
+        check_resumed_settings({"seed": 0, "strategy": "ga", "workers": 2}, {"seed": 1, "strategy": "nsga2", "workers": 4},
+                               "r/config.yaml", keys=["seed", "strategy"])
+    with pytest.raises(UserError, match=r"^the study b differs from the resumed run's a"):
+        check_resumed_settings({"study_name": "a"}, {"study_name": "b"}, "c.yaml", keys=["study_name"],
+                               labels={"study_name": "the study"})
+
+
+# ---- config files -------------------------------------------------------------------------
 # ---- RNG states in checkpoints ------------------------------------------------------------
 def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)

@@ -30,7 +30,8 @@ from evolution.budget import parse_budget
 from evolution.history import SearchHistory, Scored
 from evolution.operators import Constraint, FeasibleSampler, GenomeSpace
 from evolution.proposers import GAProposer, NSGA2Proposer
-from evolution.search import EvolveConfig, run_evolve
+from evolution.search import run_evolve
+from evolution.settings import EvolveConfig
 from toy_search import TOY_SPACE, make_toy_inputs, save_toy_supernet, synthetic_table, toy_supernet
 from picodet_nas.arch import load_arch_file
 from picodet_nas.data import make_shapes_dataset

@@ -14,8 +14,8 @@ import pytest
 from engine_helpers import TINY_ARCH, load_json, nas, one_line_error, shapes, write
 from picodet_nas.arch import resolve_arch
 from picodet_nas.engine.config import TrainConfig
-from picodet_nas.engine.sweep import (SWEEP_COLUMNS, SweepSettings, choose, final_config, parse_epochs, search_space,
-                                      trial_config, trial_rows, write_sweep_csv)
+from picodet_nas.engine.sweep_settings import SweepSettings, final_config, parse_epochs, search_space, trial_config
+from picodet_nas.engine.sweep_trials import SWEEP_COLUMNS, choose, trial_rows, write_sweep_csv
 from picodet_nas.errors import UserError
 
 

@@ -49,7 +49,8 @@ def test_a_resumed_run_replaces_the_events_after_its_checkpoint(tmp_path):
 
 
 def test_search_scalars_follow_the_best_so_far(tmp_path):
-    from evolution.search import EvolveConfig, run_evolve
+    from evolution.search import run_evolve
+    from evolution.settings import EvolveConfig
     from toy_search import make_toy_inputs
 
     toy = make_toy_inputs(tmp_path / "toy")

@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.retrain import evaluate_checkpoint
+    from ..engine.eval_checkpoint import evaluate_checkpoint
     from ..engine.trained import model_and_weights
 
     arch, weights = model_and_weights(args.model, args.weights, "eval")

@@ -134,7 +134,8 @@ def evolve_settings(values: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evolution.search import EvolveConfig, run_evolve
+    from evolution.search import run_evolve
+    from evolution.settings import EvolveConfig
 
     cfg = EvolveConfig(**evolve_settings(resolve(args)), resume=args.resume)
     result = run_evolve(cfg, progress=args.progress)

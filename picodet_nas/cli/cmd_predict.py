@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 
 def register(sub) -> None:
@@ -32,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import resolve_device
     from ..engine.predict import DETECTIONS_FILE, collect_images, predict_images
     from ..engine.trained import load_trained_model, model_and_weights
-    from ..engine.session import write_run_config
     from ..errors import UserError
-    from ..utils.rundir import default_run_name, prepare_run_dir
+    from ..utils.logs import append_log_line
+    from ..utils.rundir import default_run_name, prepare_run_dir, write_run_config
 
     if not 0 <= args.score_thr <= 1:
         raise UserError(f"--score-thr must be in [0, 1], got {args.score_thr}")
@@ -47,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     records = predict_images(model, meta, images, run.path, score_thr=args.score_thr,
                              device=resolve_device(args.device))
     total = sum(len(r["detections"]) for r in records)
-    with open(run.path / "predict.log", "a", encoding="utf-8") as log:
-        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {weights}: {total} detections in {len(records)} "
-                  f"image(s) at score >= {args.score_thr}\n")
+    append_log_line(run.path / "predict.log", f"{weights}: {total} detections in {len(records)} image(s) at "
+                    f"score >= {args.score_thr}")
     print(f"{total} detections in {len(records)} image(s); wrote {run.path} ({DETECTIONS_FILE} and the drawn images)")
     return 0

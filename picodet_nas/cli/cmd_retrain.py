@@ -183,7 +183,9 @@ def initial_weights(values: dict[str, Any], arch_spec: str):
     from supernet.inherit import inherited_weights
 
     from ..arch import resolve_arch
-    from ..engine.retrain import InitialWeights, read_search_result
+    from ..data.classes import Classes
+    from ..engine.pretrained import InitialWeights
+    from ..engine.search_result import read_search_result
 
     arch = resolve_arch(arch_spec, values.get("input_size"))
     search = read_search_result(arch_spec)
@@ -192,7 +194,7 @@ def initial_weights(values: dict[str, Any], arch_spec: str):
         raise UserError(f"--init supernet: {arch_spec} names no supernet (provenance.supernet); pass --supernet CKPT")
     fingerprint = search.space.get("fingerprint") if search is not None else None
     state, meta = inherited_weights(path, arch, space_fingerprint=fingerprint, arch_source=str(arch_spec))
-    return InitialWeights(state, str(path), meta.get("label_to_cat_id"))
+    return InitialWeights(state, str(path), Classes.of_checkpoint(meta, path))
 
 
 def read_init_file(value: str, expected: str = "a model file (.pt)"):
@@ -208,7 +210,7 @@ def read_init_file(value: str, expected: str = "a model file (.pt)"):
 
 
 def pretrained_init(value: str):
-    from ..engine.retrain import InitialWeights
+    from ..engine.pretrained import InitialWeights
 
     pre = read_init_file(value, "scratch, supernet or a model file (.pt)")
     return InitialWeights({}, str(pre.path), kind="pretrained", pretrained=pre)
@@ -222,7 +224,7 @@ def _sweep_settings(values: dict[str, Any]):
         if given:
             raise UserError(f"{given[0]} applies to a sweep; add --sweep N")
         return None
-    from ..engine.sweep import SweepSettings, parse_epochs
+    from ..engine.sweep_settings import SweepSettings, parse_epochs
 
     epochs = values.get("sweep_epochs")
     return SweepSettings(trials=values["sweep"], epochs=parse_epochs(epochs) if epochs is not None else None,

@@ -121,7 +121,9 @@ def _pipeline(cfg: QuickstartConfig, run_dir: Path, log: logging.Logger, compare
 
     from ..arch import load_arch_file, save_arch
     from ..data import make_shapes_dataset
-    from ..engine.retrain import METRICS_FILE, MODEL_FILE, evaluate_checkpoint, retrain
+    from ..engine.eval_checkpoint import evaluate_checkpoint
+    from ..engine.finalize import METRICS_FILE, MODEL_FILE
+    from ..engine.retrain import retrain
     from ..latency import default_table_name, profile_device, write_table
     from ..latency.run_bundle import device_info
     from ..space import load_space

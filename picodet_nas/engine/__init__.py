@@ -5,8 +5,8 @@
 * `StepPlan` / `NetworkPass` / `StaticPlan`: which network(s) each step trains.
 * `LRSchedule`, `CycleEMA`, `build_optimizer`: the recipe's parts, usable on their own.
 * `evaluate_coco`: COCO numbers of a model on a dataset.
-* `retrain`, `evaluate_checkpoint`: what `nas retrain` and `nas eval` run (`engine.retrain`);
-  `engine.sweep`: the Ray Tune sweep of `nas retrain --sweep N`.
+* `retrain` (`engine.retrain`) and `evaluate_checkpoint` (`engine.eval_checkpoint`): what
+  `nas retrain` and `nas eval` run; `engine.sweep`: the Ray Tune sweep of `nas retrain --sweep N`.
 """
 
 from .config import TrainConfig, multiscale_sizes

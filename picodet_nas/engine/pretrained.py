@@ -14,19 +14,26 @@ that network's own freshly initialised state:
   kernels); neck and head keep their fresh initialisation.
 
 Anything else is refused in one line naming the file and the difference.
+
+`InitialWeights` are what a retrain starts from instead of the builder's initialisation:
+the slice of a supernet (`nas retrain --init supernet`) or such a model file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from ..arch import STRIDES, Arch
-from ..checkpoint import load_checkpoint
+from ..checkpoint import deployed_weights, load_checkpoint
+from ..data import CocoDetection
+from ..data.classes import Classes, check_same_classes
 from ..errors import ArchError, CheckpointError
+from ..models import build_model
+from .state import seed_everything
 from .trained import arch_difference
 
 BACKBONE_FIELDS = ("scale", "channel_ratio", "kernel_size")
@@ -64,7 +71,7 @@ def read_pretrained(path: str | Path) -> Pretrained:
     names = meta.get("class_names") if kind == "picodet" else None
     if kind == "picodet" and not isinstance(names, list):
         raise CheckpointError(f"{path}: checkpoint meta lacks class_names")
-    return Pretrained(path=path, arch=arch, state=ckpt.get("ema") or ckpt["model"], class_names=names)
+    return Pretrained(path=path, arch=arch, state=deployed_weights(ckpt), class_names=names)
 
 
 def backbone_difference(recorded: Arch, given: Arch) -> str:
@@ -104,3 +111,33 @@ def initial_state(pre: Pretrained, arch: Arch, own: Mapping[str, torch.Tensor], 
 
 def _some(names: Sequence[str], n: int = 4) -> str:
     return ", ".join(list(names)[:n]) + (", ..." if len(names) > n else "")
+
+
+@dataclass(frozen=True)
+class InitialWeights:
+    """Weights a retrain starts from instead of the builder's initialisation: for
+    `--init supernet`, the state dict of `build_model(arch)` the supernet's `extract` gives; for
+    `--init model.pt`, a detector or backbone model file (`pretrained`), whose state dict
+    `for_dataset` completes once the training data's classes are known."""
+
+    state: Mapping[str, torch.Tensor]
+    source: str  # where they come from, for messages and config.yaml
+    classes: Classes | None = None  # the classes they were trained on, if known
+    kind: str = "supernet"
+    pretrained: Pretrained | None = None
+    notes: tuple[str, ...] = ()  # what was taken from where, for the log
+
+    def for_dataset(self, arch: Arch, dataset: CocoDetection, seed: int) -> "InitialWeights":
+        """The complete weights to train `arch` on `dataset` from (a model file's classifier is
+        replaced when the classes differ; the fresh parts are the builder's, seeded by `seed`).
+        Inherited weights of other classes are refused: their head would predict other classes."""
+        if self.pretrained is None:
+            if self.classes is not None:
+                check_same_classes(self.classes, Classes.of_dataset(dataset),
+                                   "the inherited head would predict other classes; start from scratch "
+                                   "(--init scratch) on this data")
+            return self
+        seed_everything(seed)
+        own = build_model(arch, dataset.num_classes).state_dict()
+        state, notes = initial_state(self.pretrained, arch, own, dataset.class_names)
+        return replace(self, state=state, notes=tuple(notes), pretrained=None)

@@ -1,6 +1,7 @@
 """What every training command does around `Trainer.fit`: load and validate the data before
-anything is written, agree on the run directory across ranks, take the config from the
-checkpoint when resuming (refusing changed settings), and set up the run's log."""
+anything is written, agree on the run directory across ranks (`utils.rundir`), take the config
+from the checkpoint when resuming (refusing changed settings), and set up the run's log
+(`utils.logs`)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-from tqdm import tqdm
-
 from ..checkpoint import load_checkpoint
 from ..data import CocoDetection, DataPaths
-from ..errors import DataError, UserError
-from ..utils.io import atomic_write_text
-from ..utils.rundir import RunDir, prepare_run_dir
+from ..data.classes import Classes, check_same_classes
+from ..utils.logs import close_run_log, open_run_log
+from ..utils.rundir import RunDir, check_resumed_settings, prepare_run_dir
 from .config import TrainConfig
 from .distributed import DistInfo, on_main
 
@@ -28,46 +26,15 @@ LOGGER_NAME = "picodet_nas.run"
 RESUMABLE_CHANGES = ("workers", "device", "log_interval", "tensorboard", "deterministic")
 
 
-class _TqdmHandler(logging.StreamHandler):
-    """Console log lines that do not tear an active progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never stop training
-            self.handleError(record)
-
-
 def setup_logging(run_dir: Path | None, dist_info: DistInfo, log_name: str = "train.log") -> logging.Logger:
-    """The run's logger: step and epoch lines into `run_dir/log_name`, epoch lines on the
-    console; silent on ranks other than 0. Replaces the handlers of an earlier run in the
-    same process."""
-    logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    if not dist_info.is_main:
-        logger.addHandler(logging.NullHandler())
-        return logger
-    console = _TqdmHandler()
-    console.setLevel(logging.INFO)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(console)
-    if run_dir is not None:
-        file_handler = logging.FileHandler(run_dir / log_name, mode="a", encoding="utf-8")
-        file_handler.setLevel(logging.DEBUG)
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        logger.addHandler(file_handler)
-    return logger
+    """The training's logger (`utils.logs.open_run_log`): step and epoch lines into
+    `run_dir/log_name`, epoch lines on the console; silent on ranks other than 0."""
+    return open_run_log(LOGGER_NAME, run_dir / log_name if run_dir is not None else None,
+                        quiet=not dist_info.is_main)
 
 
 def close_logging() -> None:
-    logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    close_run_log(LOGGER_NAME)
 
 
 def load_split(ann_file: Path, images: Path, announce: bool = True) -> CocoDetection:
@@ -89,24 +56,17 @@ def load_split(ann_file: Path, images: Path, announce: bool = True) -> CocoDetec
 def load_train_val(paths: DataPaths, announce: bool = True) -> tuple[CocoDetection, CocoDetection]:
     train_set = load_split(paths.train_ann, paths.train_images, announce)
     val_set = load_split(paths.val_ann, paths.val_images, announce)
-    if train_set.label_to_cat_id != val_set.label_to_cat_id:
-        raise DataError(f"categories of {paths.val_ann} (ids {val_set.label_to_cat_id}) differ from those of "
-                        f"{paths.train_ann} (ids {train_set.label_to_cat_id}); both splits need the same categories")
+    check_same_classes(Classes.of_dataset(val_set), Classes.of_dataset(train_set),
+                       "both splits need the same categories")
     return train_set, val_set
 
 
 def open_run(command: str, dist_info: DistInfo, *, out: str | None, name: str | None, resume: Any,
              default_name: str, finished_marker: str | None = None) -> RunDir:
-    """Rank 0 decides and creates the run directory; every rank gets the same answer (or the same
-    one-line error). `finished_marker`: a file whose presence means the run is complete."""
-
-    def decide() -> RunDir:
-        run = prepare_run_dir(command, out=out, name=name, resume=resume, default_name=default_name)
-        if run.resume_from is not None and finished_marker and (run.path / finished_marker).exists():
-            raise UserError(f"--resume {run.path}: the run is complete ({finished_marker} exists); nothing to resume")
-        return run
-
-    return on_main(dist_info, decide)
+    """Rank 0 decides and creates the run directory (`utils.rundir.prepare_run_dir`); every rank
+    gets the same answer (or the same one-line error)."""
+    return on_main(dist_info, lambda: prepare_run_dir(command, out=out, name=name, resume=resume,
+                                                      default_name=default_name, finished_marker=finished_marker))
 
 
 def load_resume_checkpoint(run: RunDir) -> dict[str, Any] | None:
@@ -115,22 +75,9 @@ def load_resume_checkpoint(run: RunDir) -> dict[str, Any] | None:
 
 def resumed_config(ckpt: Mapping[str, Any], given: Mapping[str, Any], source: Path) -> TrainConfig:
     """The saved config, with the explicitly given options that may change on resume; any other
-    given option that differs from the saved value is an error (a silently different recipe
-    would make the run neither the old one nor a new one)."""
+    given option that differs from the saved value is an error (`check_resumed_settings`)."""
     saved = TrainConfig.from_dict(ckpt["config"])
-    changes = {}
-    for key, value in given.items():
-        if value is None or key not in saved.to_dict():
-            continue
-        if key in RESUMABLE_CHANGES:
-            changes[key] = value
-        elif getattr(saved, key) != value:
-            flag = "--" + key.replace("_", "-")
-            raise UserError(f"{flag} {value} differs from the resumed run's {getattr(saved, key)} ({source}); "
-                            f"leave it out to resume, or start a new run")
-    return saved.replace(**changes)
-
-
-def write_run_config(run_dir: Path, doc: Mapping[str, Any]) -> None:
-    """`config.yaml`: the fully resolved settings of the run, for the record and for `--resume`."""
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dict(doc), sort_keys=False))
+    recorded = {key: getattr(saved, key) for key in saved.to_dict()}
+    check_resumed_settings(recorded, {k: v for k, v in given.items() if k not in RESUMABLE_CHANGES}, source)
+    return saved.replace(**{k: v for k, v in given.items()
+                            if k in RESUMABLE_CHANGES and k in recorded and v is not None})

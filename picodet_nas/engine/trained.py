@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from .. import __version__
 from ..arch import Arch, is_architecture, resolve_arch
-from ..checkpoint import apply_state, load_checkpoint
+from ..checkpoint import apply_state, check_meta, deployed_weights, load_checkpoint
 from ..data import CocoDetection
 from ..data.transforms import EVAL_PREPROCESSING, EVAL_RESIZE_FILTERS
 from ..errors import ArchError, CheckpointError, UserError
@@ -99,8 +99,7 @@ def read_trained(weights: str | Path, arch_spec: str | Path | Arch | None = None
     if meta.get("kind") == "backbone":
         raise CheckpointError(f"{weights}: holds a backbone only; train a detector from it with "
                               f"`nas retrain ARCH --init {weights}` or `nas train-supernet ... --init {weights}`")
-    if not isinstance(meta.get("num_classes"), int):
-        raise CheckpointError(f"{weights}: checkpoint meta lacks num_classes")
+    check_meta(meta, weights)
     return checkpoint_arch(meta, weights, arch_spec, input_size), meta, ckpt
 
 
@@ -110,7 +109,7 @@ def load_trained_model(arch_spec: str | Path | Arch | None, weights: str | Path,
     eval mode, with the checkpoint's meta and the whole checkpoint (`read_trained`)."""
     arch, meta, ckpt = read_trained(weights, arch_spec, input_size)
     model = build_model(arch, meta["num_classes"])
-    apply_state(model, ckpt.get("ema") or ckpt["model"], weights)
+    apply_state(model, deployed_weights(ckpt), weights)
     return model.eval(), meta, ckpt
 
 
