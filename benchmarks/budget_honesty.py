@@ -25,7 +25,8 @@ import yaml
 from supernet_ranking import DEFAULT_TABLE, evolve_command, quickstart_supernet, run
 from train_common import BENCH_ROOT, ensure_shapes, write_result
 
-from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE, choose_budget
+from picodet_nas.cli.quickstart_config import CONFIG_FILE
+from picodet_nas.cli.quickstart_pipeline import choose_budget
 from picodet_nas.latency.predictor import LatencyPredictor
 
 

@@ -48,7 +48,7 @@ from train_common import BENCH_ROOT, ensure_shapes, write_result
 from evolution.data import prepare_subsets
 from evolution.scoring import NetworkScorer
 from picodet_nas.arch import Arch, save_arch
-from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE
+from picodet_nas.cli.quickstart_config import CONFIG_FILE
 from picodet_nas.data import CocoDetection, resolve_data
 from picodet_nas.data.split import held_out_indices, remaining_indices, subset_doc
 from picodet_nas.engine.trained import load_trained_model

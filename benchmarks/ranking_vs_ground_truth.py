@@ -35,7 +35,7 @@ from train_common import BENCH_ROOT, write_result
 from evolution.data import prepare_subsets
 from evolution.scoring import CandidateScorer
 from picodet_nas.checkpoint import load_model_weights
-from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE
+from picodet_nas.cli.quickstart_config import CONFIG_FILE
 from picodet_nas.data import resolve_data
 from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.space import load_space

@@ -37,7 +37,8 @@ from supernet_ranking import DEFAULT_TABLE, evolve_command, quickstart_supernet,
 from train_common import BENCH_ROOT, add_bn_freeze_flags, ensure_shapes, write_result
 
 from picodet_nas.arch import PRESETS, Arch, load_arch_file, save_arch
-from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE, choose_budget
+from picodet_nas.cli.quickstart_config import CONFIG_FILE
+from picodet_nas.cli.quickstart_pipeline import choose_budget
 from picodet_nas.latency import load_table, measure_latency, table_timing
 from picodet_nas.latency.predictor import LatencyPredictor
 

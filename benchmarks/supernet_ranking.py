@@ -42,7 +42,7 @@ from evolution.data import prepare_subsets
 from evolution.scoring import CandidateScorer, NetworkScorer
 from picodet_nas.arch import Arch, save_arch
 from picodet_nas.checkpoint import load_model_weights
-from picodet_nas.cli.quickstart_pipeline import CONFIG_FILE
+from picodet_nas.cli.quickstart_config import CONFIG_FILE
 from picodet_nas.data import resolve_data
 from picodet_nas.engine.trained import load_trained_model
 from picodet_nas.summary import count_macs, count_params

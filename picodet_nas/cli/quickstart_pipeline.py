@@ -31,11 +31,8 @@ from typing import Any, Iterator, Mapping
 from ..errors import UserError
 from ..utils.io import atomic_write_json, atomic_write_text
 from .config import dump
-from .quickstart_config import CONFIG_FILE, QuickstartConfig, load_config
+from .quickstart_config import QuickstartConfig
 from .quickstart_report import REPORT_FILE, plot_supernet_curves, write_report
-
-__all__ = ["CONFIG_FILE", "QuickstartConfig", "choose_budget", "comparison_reference", "load_config",
-           "plot_supernet_curves", "run_quickstart", "write_report"]
 
 SUMMARY_FILE = "summary.json"
 LOG_FILE = "quickstart.log"
