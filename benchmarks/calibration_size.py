@@ -14,7 +14,7 @@ The spread across calibration seeds at one size is noise that every comparison m
 size inherits. Results are rewritten after every score, so an interrupted run keeps what it did.
 
     python benchmarks/calibration_size.py --ground-truth benchmarks/results/ground_truth.json \\
-        --supernet runs/bench/ranking-vs-gt-.../supernet-sandwich-e20 --archs 0 3 \\
+        --supernet runs/bench/ranking-vs-gt-.../supernet-sandwich-r1-e20 --archs 0 3 \\
         --sizes 64 256 512 --seeds 0 1 --out benchmarks/results/calibration_size.json
 """
 

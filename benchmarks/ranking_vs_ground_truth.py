@@ -39,6 +39,7 @@ from picodet_nas.cli.quickstart_config import CONFIG_FILE
 from picodet_nas.data import resolve_data
 from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.space import load_space
+from picodet_nas.utils.io import atomic_write_json
 
 STRATEGIES = ("uniform", "sandwich", "sandwich-kd")
 
@@ -66,6 +67,22 @@ def judge(scores: dict[int, float], truth: dict[int, float], pairs: list[list[in
     tau = None if math.isnan(tau) else tau
     return {"kendall_tau": tau, "share_of_seed_tau": tau / ceiling if tau is not None and ceiling else None,
             "pairwise_accuracy": pairwise_accuracy(scores, pairs, truth)}
+
+
+def cached_scores(path: Path, rows: list[dict], scorer: CandidateScorer) -> dict[int, dict]:
+    """`scorer`'s result for every row's architecture, kept in `path` next to the supernet so that
+    re-judging against a grown ground truth scores only the architectures not scored yet (an entry
+    whose architecture changed is scored again)."""
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    scored = {}
+    for r in rows:
+        hit = cache.get(str(r["index"]))
+        if hit is None or hit["arch"] != r["arch"]:
+            hit = {"arch": r["arch"], "score": scorer.score(r["arch"])}
+            cache[str(r["index"])] = hit
+            atomic_write_json(path, cache)
+        scored[r["index"]] = hit["score"]
+    return scored
 
 
 def partial_truth(gt: dict) -> tuple[list[dict], dict]:
@@ -147,7 +164,7 @@ def main() -> None:
     for epochs in args.epochs:
         for strategy in args.strategies:
             tag = f"{strategy}{args.distill:g}" if strategy == "sandwich-kd" else strategy
-            out = run_dir / f"supernet-{tag}-e{epochs}"
+            out = run_dir / f"supernet-{tag}-r{args.num_random}-e{epochs}"
             done = (out / "supernet.pt").is_file() and (out / "metrics.csv").is_file() and \
                 sum(1 for _ in (out / "metrics.csv").open()) - 1 >= epochs
             if not done and args.score_only:
@@ -176,7 +193,7 @@ def main() -> None:
                              f"{gt['scored_images']}")
             scorer = CandidateScorer(space.to_dict(), int(meta["num_classes"]), state, subsets.data,
                                      threads=args.threads)
-            scored = {r["index"]: scorer.score(r["arch"]) for r in rows}
+            scored = cached_scores(out / f"scores-{args.ground_truth.stem}-calib{gt['calib_images']}.json", rows, scorer)
             if not result["proxies"]:
                 for proxy in ("params", "flops"):
                     result["proxies"][proxy] = judge({k: v[proxy] for k, v in scored.items()}, truth, pairs, ceiling)

@@ -42,7 +42,7 @@ from picodet_nas.engine.precision import resolve_amp
 from picodet_nas.engine.trainer import Trainer
 from picodet_nas.errors import UserError
 from picodet_nas.space import SearchSpace, load_space
-from picodet_nas.utils.rundir import check_resumed_settings, default_run_name, write_run_config
+from picodet_nas.utils.rundir import default_run_name, write_run_config
 
 from .inherit import embed_weights, pretrained_subnet
 from .sampling import STRATEGIES, SubnetSampler
@@ -114,13 +114,12 @@ def _supernet_options(values: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _resumed_options(space: SearchSpace, ckpt: Mapping[str, Any], given: Mapping[str, Any], source: Path) -> dict:
-    """The resumed run's supernet options; a checkpoint of another space, or a given option that
-    differs from the recorded one, is a one-line error."""
+def _resumed_options(space: SearchSpace, ckpt: Mapping[str, Any], source: Path) -> dict:
+    """The resumed run's supernet options; a checkpoint of another space is a one-line error (the
+    given options are checked against them with the training options, by `resumed_config`)."""
     meta = ckpt["meta"]
     check_meta(meta, source, kind="supernet", needs="nas train-supernet --resume continues a supernet's training")
     space.check_fingerprint((meta.get("space") or {}).get("fingerprint"), f"{source}: supernet checkpoint")
-    check_resumed_settings(meta["supernet_options"], given, source)
     return dict(meta["supernet_options"])
 
 
@@ -160,8 +159,8 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
                    default_name=default_run_name(space.name))
     ckpt = load_resume_checkpoint(run)
     if ckpt is not None:
-        sn_options = _resumed_options(space, ckpt, sn_given, run.resume_from)
-        cfg = resumed_config(ckpt, options, run.resume_from)
+        sn_options = _resumed_options(space, ckpt, run.resume_from)
+        cfg = resumed_config(ckpt, options, run.resume_from, other_settings=(sn_options, sn_given))
     else:
         cfg = fresh_cfg
     log = setup_logging(run.path, dist_info)

@@ -16,7 +16,7 @@ from picodet_nas.engine import CycleEMA, LRSchedule, NetworkPass, StaticPlan, Tr
 from picodet_nas.engine.config import multiscale_sizes
 from picodet_nas.engine.plan import pass_size, resize_batch
 from picodet_nas.engine.state import capture_rng, restore_rng
-from picodet_nas.errors import UserError
+from picodet_nas.errors import CheckpointError, UserError
 from picodet_nas.models import build_model
 from picodet_nas.space import SearchSpace
 from picodet_nas.utils.rundir import check_resumed_settings, prepare_run_dir, read_run_config, write_run_config
@@ -509,3 +509,15 @@ def test_deterministic_asks_torch_cudnn_and_cublas_and_training_runs(tmp_path, r
     assert torch.are_deterministic_algorithms_enabled() and cudnn.deterministic and not cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert trainer.fit().epochs == 1
+
+
+def test_resume_from_a_checkpoint_that_is_not_a_training_one_is_a_one_line_error(tmp_path):
+    """A training state loads back; one lacking the optimizer and the rest (a deployed
+    checkpoint: weights and meta only) is a CheckpointError naming what it lacks."""
+    trainer = _tiny_trainer(tmp_path, epochs=1)
+    full = {**trainer.state(trainer.model.state_dict()), "model": trainer.model.state_dict()}
+    trainer.load_state(full, "last.pt")
+    assert trainer.progress.epoch == full["epoch"]
+    deployed = {"model": full["model"], "ema": full["ema"], "meta": {}}
+    with pytest.raises(CheckpointError, match=r"^x\.pt: not a training checkpoint \(it lacks optimizer, scaler, rng"):
+        trainer.load_state(deployed, "x.pt")

@@ -5,6 +5,7 @@ dependencies pointing one way: `evolution` -> `supernet` -> `picodet_nas` (only 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,3 +98,48 @@ def test_dependencies_point_one_way():
             if dep.split(".")[0] in upper and not name.startswith("picodet_nas.cli"):
                 wrong.append(f"{name} -> {dep}")
     assert wrong == []
+
+
+MAX_MODULE_LINES = 350
+
+
+def test_no_module_outgrows_a_screenful_of_files():
+    """Small modules whose names explain them: none of the packages' modules passes
+    MAX_MODULE_LINES (split a module by concern before it gets there)."""
+    long = {name: n for name, path in _modules().items()
+            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
+
+
+def _readme_layout() -> dict[str, str]:
+    """The README's Layout table: top-level path -> its role text."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            rows[cells[0].strip("`").rstrip("/")] = cells[1]
+    return rows
+
+
+def test_readme_layout_matches_the_tree():
+    """Every top-level folder of code or data is in the README's Layout table, every row names a
+    folder that exists, and every file a row names (`x.py`, `cli/config.py`) is in that folder."""
+    rows = _readme_layout()
+    untracked = {"runs", "build", "dist", "__pycache__"}
+    folders = {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".")
+               and p.name not in untracked and not p.name.endswith(".egg-info")}
+    assert set(rows) == folders
+    missing = []
+    for folder, role in rows.items():
+        for name in re.findall(r"`([\w/]+\.(?:py|yaml|json))`", role):
+            if name.split("/")[0] in folders:
+                found = (REPO / name).is_file()
+            elif "/" in name:
+                found = (REPO / folder / name).is_file()
+            else:
+                found = any((REPO / folder).rglob(name))
+            if not found:
+                missing.append(f"{folder}: {name}")
+    assert missing == []

@@ -80,6 +80,16 @@ def test_checkpoint_of_another_space_is_refused(work, sandwich_run):
     assert "belongs to another search space" in line and "last.pt" in line
 
 
+def test_resume_names_every_differing_setting_in_one_line(work, sandwich_run):
+    """A sampling option (--strategy) and a training option (--seed) that differ from the resumed
+    run's are named together, and nothing of the run changes."""
+    before = (sandwich_run / "last.pt").stat().st_mtime_ns
+    line = one_line_error(nas("train-supernet", "--space", "tiny_space.yaml", "--data", "data", "--strategy",
+                              "uniform", "--seed", "7", "--resume", str(sandwich_run), cwd=work))
+    assert "--seed 7 and --strategy uniform differ from the resumed run's" in line, line
+    assert (sandwich_run / "last.pt").stat().st_mtime_ns == before
+
+
 def test_config_file_and_unknown_key(work):
     write(work / "bad.yaml", "space: tiny_space.yaml\nepoch: 2\n")
     line = one_line_error(nas("train-supernet", "-c", "bad.yaml", "--data", "data", cwd=work))

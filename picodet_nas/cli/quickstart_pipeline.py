@@ -30,6 +30,7 @@ from typing import Any, Iterator, Mapping
 
 from ..errors import UserError
 from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.logs import close_run_log, open_run_log
 from .config import dump
 from .quickstart_config import QuickstartConfig
 from .quickstart_report import REPORT_FILE, plot_supernet_curves, write_report
@@ -67,18 +68,7 @@ class _Stages:
         self.log.info(f"[{n}/{self.total}] {name}: done in {seconds:.0f} s")
 
 
-def _logger(run_dir: Path) -> tuple[logging.Logger, list[logging.Handler]]:
-    log = logging.getLogger("picodet_nas.quickstart")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("quickstart %(message)s"))
-    file_handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    handlers = [console, file_handler]
-    for h in handlers:
-        log.addHandler(h)
-    return log, handlers
+LOGGER = "picodet_nas.quickstart"
 
 
 def _num_classes(data: Path) -> int:
@@ -91,7 +81,7 @@ def run_quickstart(cfg: QuickstartConfig, run_dir: Path, *, compare: bool = Fals
     (also written as summary.json)."""
     import torch
 
-    log, handlers = _logger(run_dir)
+    log = open_run_log(LOGGER, run_dir / LOG_FILE, console_prefix="quickstart ")
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -106,9 +96,7 @@ def run_quickstart(cfg: QuickstartConfig, run_dir: Path, *, compare: bool = Fals
         return summary
     finally:
         torch.set_num_threads(threads)
-        for h in handlers:
-            logging.getLogger("picodet_nas.quickstart").removeHandler(h)
-            h.close()
+        close_run_log(LOGGER)
 
 
 def _pipeline(cfg: QuickstartConfig, run_dir: Path, log: logging.Logger, compare: bool = False) -> dict[str, Any]:

@@ -73,11 +73,16 @@ def load_resume_checkpoint(run: RunDir) -> dict[str, Any] | None:
     return None if run.resume_from is None else load_checkpoint(run.resume_from)
 
 
-def resumed_config(ckpt: Mapping[str, Any], given: Mapping[str, Any], source: Path) -> TrainConfig:
+def resumed_config(ckpt: Mapping[str, Any], given: Mapping[str, Any], source: Path, *,
+                   other_settings: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {})) -> TrainConfig:
     """The saved config, with the explicitly given options that may change on resume; any other
-    given option that differs from the saved value is an error (`check_resumed_settings`)."""
+    given option that differs from the saved value is an error (`check_resumed_settings`).
+    `other_settings`: (recorded, given) settings of the command that are not training options
+    (train-supernet's strategy), checked in the same call so that one message names every
+    difference."""
     saved = TrainConfig.from_dict(ckpt["config"])
     recorded = {key: getattr(saved, key) for key in saved.to_dict()}
-    check_resumed_settings(recorded, {k: v for k, v in given.items() if k not in RESUMABLE_CHANGES}, source)
+    fixed = {k: v for k, v in given.items() if k not in RESUMABLE_CHANGES}
+    check_resumed_settings({**recorded, **other_settings[0]}, {**fixed, **other_settings[1]}, source)
     return saved.replace(**{k: v for k, v in given.items()
                             if k in RESUMABLE_CHANGES and k in recorded and v is not None})

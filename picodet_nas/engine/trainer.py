@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import apply_state
+from ..checkpoint import apply_state, deployed_weights
 from ..data import CocoDetection, build_train_loader, normalize
 from ..errors import CheckpointError, UserError
 from ..losses import PicoDetLoss, inplace_distillation_loss
@@ -50,6 +50,8 @@ from .precision import autocast, resolve_amp
 from .run_record import LOSS_KEYS, EpochFiles, FitResult, TrainProgress, cpu_copy, epoch_summary
 from .schedule import LRSchedule
 from .state import capture_rng, restore_rng, set_deterministic
+
+RESUME_KEYS = ("model", "ema", "optimizer", "scaler", "rng", "epoch", "step", "wall_time_s", "history", "best")
 
 
 class TrainingDiverged(UserError):
@@ -148,6 +150,10 @@ class Trainer:
 
     def load_state(self, ckpt: Mapping[str, Any], source: str | Path) -> None:
         """Continue from a `last.pt` written by this trainer (same config, same world size)."""
+        lacking = [k for k in RESUME_KEYS if k not in ckpt]
+        if lacking:
+            raise CheckpointError(f"{source}: not a training checkpoint (it lacks {', '.join(lacking)}); "
+                                  f"--resume continues from the last.pt of a run")
         if ckpt.get("world_size", 1) != self.dist.world_size:
             raise CheckpointError(f"{source}: trained with {ckpt.get('world_size')} process(es), this run has "
                                   f"{self.dist.world_size}; resume with the same number (the global batch is part "
@@ -161,7 +167,7 @@ class Trainer:
         self.progress = TrainProgress(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]),
                                       wall_time_s=float(ckpt["wall_time_s"]), history=list(ckpt["history"]),
                                       best=ckpt["best"])
-        self._final_weights = ckpt["ema"]
+        self._final_weights = deployed_weights(ckpt)
 
     # ---- the loop -------------------------------------------------------------------
     def fit(self) -> FitResult:
