@@ -193,7 +193,7 @@ def main() -> None:
                              f"{gt['scored_images']}")
             scorer = CandidateScorer(space.to_dict(), int(meta["num_classes"]), state, subsets.data,
                                      threads=args.threads)
-            scored = cached_scores(out / f"scores-{args.ground_truth.stem}-calib{gt['calib_images']}.json", rows, scorer)
+            scored = cached_scores(out / f"scores-calib{gt['calib_images']}-seed{seed}.json", rows, scorer)
             if not result["proxies"]:
                 for proxy in ("params", "flops"):
                     result["proxies"][proxy] = judge({k: v[proxy] for k, v in scored.items()}, truth, pairs, ceiling)
