@@ -169,4 +169,4 @@ def test_quickstart_end_to_end_on_a_tiny_config(tmp_path):
     assert (run / "compare" / "metrics.json").is_file() and compared["label"].startswith("uniform ")
     assert load_json(run / "compare" / "metrics.json")["coco"] == compared["coco"]
     assert "## Searched vs uniform width" in report and compared["label"] in report
-    assert "retrained alike: mAP" in r.stderr
+    assert "retrained alike: mAP" in r.stdout
