@@ -28,10 +28,10 @@ from evolution.data import prepare_subsets
 from evolution.scoring import CandidateScorer
 from picodet_nas.checkpoint import load_model_weights
 from picodet_nas.data import resolve_data
-from picodet_nas.space import load_space
+from picodet_nas.space import SearchSpace, load_space
 
 
-def variants(arch: dict, space) -> dict[str, dict]:
+def variants(arch: dict, space: SearchSpace) -> dict[str, dict]:
     """name -> the architecture `arch` with one gene group changed (changes that leave it as it
     is are left out)."""
     n, ch = len(arch["kernel_size"]), space.choices

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
