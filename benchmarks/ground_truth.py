@@ -20,9 +20,12 @@ The largest and smallest architectures train first, with every seed, so whether 
 separates them is known after the first runs. `--jobs N` trains N runs at once, each with
 `--threads / N` threads; the mAPs do not depend on it (each run is deterministic for its seed).
 Runs are kept under the run folder and reused, and the JSON is rewritten after every run, so
-an interrupted benchmark resumes where it stopped:
+an interrupted benchmark resumes where it stopped. When the run folder is gone, `--reuse FILE`
+takes the finished runs' scores from an earlier result JSON of the same architectures, recipe,
+data and calibration, and trains only the missing runs:
 
     python benchmarks/ground_truth.py --epochs 30 --out benchmarks/results/ground_truth.json
+    python benchmarks/ground_truth.py --epochs 30 --reuse benchmarks/results/ground_truth.json --out new.json
     python benchmarks/ground_truth.py --select-only        # print the architectures and stop
 """
 
@@ -169,6 +172,26 @@ def summarise(rows: list[dict], seeds: list[int]) -> dict:
     return out
 
 
+REUSE_MUST_MATCH = ("space", "latency_table", "data_seed", "search_fraction", "train_images", "scored_images",
+                    "calib_images", "recipe")
+
+
+def reused_scores(path: Path, result: dict) -> dict[tuple[int, int], tuple[float, float | None]]:
+    """{(arch, seed): (mAP, wall time)} of the finished runs in the earlier result `path`, which must
+    be of the same architectures, recipe, data and calibration as this run (`result`)."""
+    earlier = json.loads(path.read_text())
+    for key in REUSE_MUST_MATCH:
+        if earlier.get(key) != result[key]:
+            sys.exit(f"{path}: its {key} is {earlier.get(key)!r}, this run's is {result[key]!r}; cannot reuse it")
+    ours = [{k: v for k, v in r.items() if k not in ("mAP", "wall_time_s")} for r in result["archs"]]
+    theirs = [{k: v for k, v in r.items() if k in ours[0]} for r in earlier["archs"]]
+    if theirs != ours:
+        sys.exit(f"{path}: its architectures differ from this run's; cannot reuse it")
+    return {(i, int(seed)): (score, r.get("wall_time_s", {}).get(seed))
+            for i, r in enumerate(earlier["archs"]) for seed, score in r["mAP"].items()
+            if int(seed) in result["seeds"]}
+
+
 def main() -> None:
     qs = yaml.safe_load(CONFIG_FILE.read_text())
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -191,6 +214,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of all runs together")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     ap.add_argument("--run-dir", type=Path)
+    ap.add_argument("--reuse", type=Path, help="an earlier result JSON of the same benchmark whose finished "
+                    "runs' scores are kept (their runs are not retrained)")
     ap.add_argument("--select-only", action="store_true", help="print the architectures and stop")
     ap.add_argument("--out", help="write the result JSON here (also rewritten after every run)")
     args = ap.parse_args()
@@ -239,6 +264,8 @@ def main() -> None:
               "calib_images": subsets.calib_images, "recipe": {k: getattr(args, k) for k in (
                   "epochs", "batch_size", "lr", "warmup_iters", "grad_clip")}, "seeds": args.seeds, "archs": rows,
               "run_dir": str(run_dir)}
+    reused = reused_scores(args.reuse, result) if args.reuse else {}
+
     def train(i: int, seed: int) -> Path:
         out = run_dir / f"a{i}-s{seed}"
         if not (out / "model.pt").is_file():
@@ -261,7 +288,12 @@ def main() -> None:
     order = [(i, s) for s in args.seeds for i in extremes] + \
         [(i, s) for s in args.seeds for i in range(len(chosen)) if i not in extremes]
     pool = ThreadPoolExecutor(jobs)
-    futures = [((i, seed), pool.submit(train, i, seed)) for i, seed in order]
+    futures = [((i, seed), pool.submit(train, i, seed)) for i, seed in order if (i, seed) not in reused]
+    for (i, seed), (score, wall) in reused.items():
+        rows[i]["mAP"][str(seed)], rows[i]["wall_time_s"][str(seed)] = score, wall
+    if reused:
+        result["reused_from"] = str(args.reuse)
+        print(f"reused {len(reused)} runs' scores from {args.reuse}; {len(futures)} to train", flush=True)
     try:
         for (i, seed), future in futures:  # scored in order, each as soon as its run is done
             out = future.result()
