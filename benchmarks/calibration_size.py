@@ -68,7 +68,7 @@ def main() -> None:
     if args.supernet is not None:
         state, meta = load_model_weights(args.supernet / "supernet.pt")
         held = meta["search_split"]["held_out_ids"]
-        supernet = Supernet(load_space(gt["space"]), int(meta["num_classes"]))
+        supernet = Supernet.for_state(load_space(gt["space"]), int(meta["num_classes"]), state)
         apply_state(supernet, state, args.supernet / "supernet.pt")
     else:
         train = CocoDetection(paths.train_ann, paths.train_images)

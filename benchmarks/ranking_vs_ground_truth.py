@@ -12,7 +12,9 @@ held-out images). Reported per recipe and budget, and for the free proxies (para
   by more than both seed spreads that the scorer orders the same way.
 
 Supernets are real `nas train-supernet` runs kept under the run folder (an interrupted
-benchmark resumes); the JSON is rewritten after every supernet.
+benchmark resumes); the JSON is rewritten after every supernet. `--rejudge FILE...` trains and
+scores nothing: it judges the supernet scores stored in earlier results of this benchmark against
+the given ground truth (for a ground truth that gained seeds after the supernets were scored).
 
     python benchmarks/ranking_vs_ground_truth.py --ground-truth benchmarks/results/ground_truth.json \\
         --strategies uniform sandwich --epochs 10 20 40 --out benchmarks/results/ranking_vs_ground_truth.json
@@ -110,6 +112,43 @@ def partial_truth(gt: dict) -> tuple[list[dict], dict]:
     return rows, summary
 
 
+def proxies(rows: list[dict], num_classes: int = 80) -> dict[str, dict[int, float]]:
+    """Params and FLOPs of every architecture, counted as the candidate scorer counts them (the
+    number of classes moves both by the same small amount for every architecture)."""
+    from picodet_nas.arch import Arch
+    from picodet_nas.models import build_model
+    from picodet_nas.summary import count_macs, count_params
+
+    out = {"params": {}, "flops": {}}
+    for r in rows:
+        arch = Arch.from_dict(r["arch"])
+        model = build_model(arch, num_classes).eval()
+        out["params"][r["index"]] = count_params(model)
+        out["flops"][r["index"]] = 2.0 * float(sum(count_macs(model, arch.input_size).values()))
+    return out
+
+
+def rejudge(paths: list[Path], result: dict, rows: list[dict], truth: dict[int, float], pairs: list[list[int]],
+            ceiling: float | None) -> None:
+    """Judge the supernet scores stored in earlier results (`paths`) against this ground truth."""
+    judged = ("kendall_tau", "share_of_seed_tau", "pairwise_accuracy")
+    result["rejudged_from"] = [str(p) for p in paths]
+    result["proxies"] = {name: judge(values, truth, pairs, ceiling) for name, values in proxies(rows).items()}
+    for path in paths:
+        for entry in json.loads(path.read_text())["supernets"]:
+            scores = {int(k): v for k, v in entry["supernet_mAP"].items()}
+            if set(truth) - set(scores):
+                sys.exit(f"{path}: no supernet score of architectures {sorted(set(truth) - set(scores))}")
+            result["supernets"].append({**{k: v for k, v in entry.items() if k not in judged},
+                                        **judge(scores, truth, pairs, ceiling)})
+    for entry in result["supernets"]:
+        print(f"{entry['strategy']} distill {entry.get('distill', 0):g} {entry.get('head_outputs', 'shared')} "
+              f"e{entry['epochs']}: tau {entry['kendall_tau']:.3f} ({entry['share_of_seed_tau']:.2f} of the "
+              f"seed-to-seed {ceiling:.3f}), pairwise {entry['pairwise_accuracy']} over {len(pairs)} pairs")
+    for name, v in result["proxies"].items():
+        print(f"{name}: tau {v['kendall_tau']:.3f}, pairwise {v['pairwise_accuracy']}")
+
+
 def main() -> None:
     qs = yaml.safe_load(CONFIG_FILE.read_text())
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -119,6 +158,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, nargs="+", default=[qs["supernet"]["epochs"]],
                     help="supernet training budgets (epochs of the supernet's training images)")
     ap.add_argument("--num-random", type=int, default=qs["supernet"].get("num_random", 2))
+    ap.add_argument("--supernet-seeds", type=int, nargs="+",
+                    help="training seeds of the supernets (default: the ground truth's data seed); every one "
+                         "holds out the ground truth's search split")
+    ap.add_argument("--head-outputs", choices=("shared", "per-depth"), default="shared",
+                    help="the supernets' head output convs (nas train-supernet --head-outputs)")
     ap.add_argument("--lr", type=float, help="default: the ground truth's")
     ap.add_argument("--warmup-iters", type=int, help="default: the ground truth's")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -128,6 +172,8 @@ def main() -> None:
                          "its mean over the seeds it has; separable pairs use the largest seed spread measured so "
                          "far; the result says it is partial")
     ap.add_argument("--score-only", action="store_true", help="score the supernets already trained; train none")
+    ap.add_argument("--rejudge", type=Path, nargs="+", metavar="RESULT",
+                    help="judge the supernet scores stored in these results of this benchmark; train and score none")
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -145,6 +191,14 @@ def main() -> None:
     lr = args.lr if args.lr is not None else float(gt["recipe"]["lr"])
     warmup = args.warmup_iters if args.warmup_iters is not None else int(gt["recipe"]["warmup_iters"])
     pairs, ceiling = summary["separable_same_level_pairs"], summary["seed_to_seed_kendall_tau"]
+    if args.rejudge:
+        result = {"benchmark": "ranking_vs_ground_truth", "command": " ".join(sys.argv),
+                  "ground_truth": str(args.ground_truth), "space": gt["space"], "seed_to_seed_kendall_tau": ceiling,
+                  "separable_pairs": len(pairs), "supernets": [], "proxies": {},
+                  **({"partial_ground_truth": summary} if args.partial else {})}
+        rejudge(args.rejudge, result, rows, truth, pairs, ceiling)
+        write_result(args.out, result)
+        return
     # the supernet's seed is the ground truth's split seed: it then holds out the same images
     data, seed, batch = Path(gt["data"]), int(gt["data_seed"]), int(gt["recipe"]["batch_size"])
     grad_clip = float(gt["recipe"].get("grad_clip", 0.0))  # the supernet trains with the same recipe
@@ -161,53 +215,59 @@ def main() -> None:
               **({"partial_ground_truth": summary} if args.partial else {}),
               "run_dir": str(run_dir)}
     subsets = None
-    for epochs in args.epochs:
-        for strategy in args.strategies:
-            tag = f"{strategy}{args.distill:g}" if strategy == "sandwich-kd" else strategy
-            out = run_dir / f"supernet-{tag}-r{args.num_random}-e{epochs}"
-            done = (out / "supernet.pt").is_file() and (out / "metrics.csv").is_file() and \
-                sum(1 for _ in (out / "metrics.csv").open()) - 1 >= epochs
-            if not done and args.score_only:
-                print(f"{out}: not trained; skipped (--score-only)", flush=True)
-                continue
-            if not done:
-                cmd = nas + ["train-supernet", "--space", gt["space"], "--data", str(data), "--epochs", str(epochs),
-                             "--batch-size", str(batch), "--lr", str(lr), "--grad-clip", str(grad_clip), "--warmup-iters",
-                             str(warmup), "--eval-interval", str(epochs), "--workers", "0",
-                             "--seed", str(seed), "--calib-images", str(gt["calib_images"]),
-                             "--search-fraction", str(gt["search_fraction"]), "--num-random", str(args.num_random),
-                             *strategy_flags(strategy, args.distill), "--out", str(out)] + \
-                    (["--resume"] if (out / "last.pt").is_file() else [])
-                print("$ " + " ".join(cmd), flush=True)
-                t0 = time.perf_counter()
-                if subprocess.run(cmd, env=env).returncode != 0:
-                    sys.exit(f"nas train-supernet failed ({strategy}, {epochs} epochs)")
-                print(f"trained in {time.perf_counter() - t0:.0f} s", flush=True)
-            state, meta = load_model_weights(out / "supernet.pt")
-            held = meta["search_split"]["held_out_ids"]
-            if subsets is None:
-                subsets = prepare_subsets(paths, run_dir / "scoring", calib_images=gt["calib_images"],
-                                          val_images=None, seed=seed, batch_size=16, held_out_ids=held)
-                if subsets.val_images != gt["scored_images"]:
-                    sys.exit(f"{out}: holds out {subsets.val_images} images, the ground truth was scored on "
-                             f"{gt['scored_images']}")
-            scorer = CandidateScorer(space.to_dict(), int(meta["num_classes"]), state, subsets.data,
-                                     threads=args.threads)
-            scored = cached_scores(out / f"scores-calib{gt['calib_images']}-seed{seed}.json", rows, scorer)
-            if not result["proxies"]:
-                for proxy in ("params", "flops"):
-                    result["proxies"][proxy] = judge({k: v[proxy] for k, v in scored.items()}, truth, pairs, ceiling)
-            entry = {"strategy": strategy, "epochs": epochs,
-                     "distill": args.distill if strategy == "sandwich-kd" else 0.0,
-                     "supernet_mAP": {str(k): v["map"] for k, v in scored.items()},
-                     **judge({k: v["map"] for k, v in scored.items()}, truth, pairs, ceiling)}
-            result["supernets"].append(entry)
-            result["total_time_s"] = round(time.perf_counter() - started, 1)
-            write_result(args.out, result)
-            fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-            print(f"{tag} e{epochs}: tau {fmt(entry['kendall_tau'])} ({fmt(entry['share_of_seed_tau'])} of the "
-                  f"seed-to-seed {fmt(ceiling)}), pairwise accuracy {fmt(entry['pairwise_accuracy'])} over "
-                  f"{len(pairs)} pairs", flush=True)
+    runs = [(epochs, strategy, sn_seed) for epochs in args.epochs for strategy in args.strategies
+            for sn_seed in (args.supernet_seeds or [seed])]
+    for epochs, strategy, sn_seed in runs:
+        tag = f"{strategy}{args.distill:g}" if strategy == "sandwich-kd" else strategy
+        tag += "-per-depth-outputs" if args.head_outputs == "per-depth" else ""
+        tag += f"-seed{sn_seed}" if sn_seed != seed else ""
+        out = run_dir / f"supernet-{tag}-r{args.num_random}-e{epochs}"
+        done = (out / "supernet.pt").is_file() and (out / "metrics.csv").is_file() and \
+            sum(1 for _ in (out / "metrics.csv").open()) - 1 >= epochs
+        if not done and args.score_only:
+            print(f"{out}: not trained; skipped (--score-only)", flush=True)
+            continue
+        if not done:
+            cmd = nas + ["train-supernet", "--space", gt["space"], "--data", str(data), "--epochs", str(epochs),
+                         "--batch-size", str(batch), "--lr", str(lr), "--grad-clip", str(grad_clip), "--warmup-iters",
+                         str(warmup), "--eval-interval", str(epochs), "--workers", "0",
+                         "--seed", str(sn_seed), "--split-seed", str(seed),
+                         "--calib-images", str(gt["calib_images"]),
+                         "--search-fraction", str(gt["search_fraction"]), "--num-random", str(args.num_random),
+                         "--head-outputs", args.head_outputs,
+                         *strategy_flags(strategy, args.distill), "--out", str(out)] + \
+                (["--resume"] if (out / "last.pt").is_file() else [])
+            print("$ " + " ".join(cmd), flush=True)
+            t0 = time.perf_counter()
+            if subprocess.run(cmd, env=env).returncode != 0:
+                sys.exit(f"nas train-supernet failed ({strategy}, {epochs} epochs)")
+            print(f"trained in {time.perf_counter() - t0:.0f} s", flush=True)
+        state, meta = load_model_weights(out / "supernet.pt")
+        held = meta["search_split"]["held_out_ids"]
+        if subsets is None:
+            subsets = prepare_subsets(paths, run_dir / "scoring", calib_images=gt["calib_images"],
+                                      val_images=None, seed=seed, batch_size=16, held_out_ids=held)
+            if subsets.val_images != gt["scored_images"]:
+                sys.exit(f"{out}: holds out {subsets.val_images} images, the ground truth was scored on "
+                         f"{gt['scored_images']}")
+        scorer = CandidateScorer(space.to_dict(), int(meta["num_classes"]), state, subsets.data,
+                                 threads=args.threads)
+        scored = cached_scores(out / f"scores-calib{gt['calib_images']}-seed{seed}.json", rows, scorer)
+        if not result["proxies"]:
+            for proxy in ("params", "flops"):
+                result["proxies"][proxy] = judge({k: v[proxy] for k, v in scored.items()}, truth, pairs, ceiling)
+        entry = {"strategy": strategy, "epochs": epochs, "seed": sn_seed,
+                 "distill": args.distill if strategy == "sandwich-kd" else 0.0,
+                 "head_outputs": args.head_outputs,
+                 "supernet_mAP": {str(k): v["map"] for k, v in scored.items()},
+                 **judge({k: v["map"] for k, v in scored.items()}, truth, pairs, ceiling)}
+        result["supernets"].append(entry)
+        result["total_time_s"] = round(time.perf_counter() - started, 1)
+        write_result(args.out, result)
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        print(f"{tag} e{epochs}: tau {fmt(entry['kendall_tau'])} ({fmt(entry['share_of_seed_tau'])} of the "
+              f"seed-to-seed {fmt(ceiling)}), pairwise accuracy {fmt(entry['pairwise_accuracy'])} over "
+              f"{len(pairs)} pairs", flush=True)
     for proxy, v in result["proxies"].items():
         print(f"{proxy}: tau {v['kendall_tau']}, pairwise accuracy {v['pairwise_accuracy']}")
 

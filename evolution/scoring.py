@@ -23,9 +23,9 @@ scored it or when; each worker runs PyTorch with the same number of threads.
 
 Params and FLOPs are those `nas summary` reports (`picodet_nas.summary`: every learnable
 tensor; FLOPs = 2 x the multiply-adds thop counts, BN included, the published convention),
-counted on the extracted static network. thop costs 0.2-0.35 s per quickstart candidate
-(a batch-1 forward pass on a copy), a small part of scoring on the default 256 + 500 images,
-and keeps `best.yaml` equal to what `nas summary` and `nas retrain` report for the same arch.
+counted on the extracted static network. thop costs one batch-1 forward pass on a copy, a
+small part of scoring a candidate on hundreds of images, and keeps `best.yaml` equal to what
+`nas summary` and `nas retrain` report for the same arch.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from picodet_nas.arch import Arch
 from picodet_nas.checkpoint import apply_state
 from picodet_nas.data import CalibCache, CocoDetection, EvalCache
 from picodet_nas.engine.bn_calibration import BNCalibration
+from picodet_nas.engine.distributed import resolve_device
 from picodet_nas.engine.evaluate import predict_batches
 from picodet_nas.evaluation import coco_evaluate
 from picodet_nas.space import SearchSpace
@@ -91,13 +92,6 @@ def tensors_from(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`auto` (or None): CUDA when this process sees a GPU, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class NetworkScorer:
     """Scores networks on one `ScoringData`: exact BN statistics on its calibration images
     (`BNCalibration`), then COCO mAP on its held-out images; images decoded once per size.
@@ -112,7 +106,7 @@ class NetworkScorer:
     def __init__(self, data: ScoringData | Mapping[str, Any], *, device: str | torch.device = "cpu",
                  images: Mapping[str, Any] | None = None):
         self.data = data if isinstance(data, ScoringData) else ScoringData(**data)
-        self.device = resolve_device(device)
+        self.device = torch.device(resolve_device(device))
         self._calibration: BNCalibration | None = None
         self._val_set: CocoDetection | None = None
         self._eval: dict[int, EvalCache] = {}
@@ -193,8 +187,9 @@ class CandidateScorer:
         self.scorer = NetworkScorer(data, device=device, images=images)
         self.data = self.scorer.data
         self.space = SearchSpace.from_dict(dict(space_definition), source="supernet space")
-        self.supernet = Supernet(self.space, num_classes)
-        apply_state(self.supernet, tensors_from(state), "supernet weights")
+        state = tensors_from(state)
+        self.supernet = Supernet.for_state(self.space, num_classes, state)
+        apply_state(self.supernet, state, "supernet weights")
         self.supernet.eval()
         with warnings.catch_warnings():  # thop (used for FLOPs) warns about distutils when imported
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -66,7 +66,7 @@ def inherited_weights(checkpoint: str | Path, arch: Arch, *, space_fingerprint: 
         space.encode(probe)
     except SpaceError as e:
         raise SpaceError(f"{arch_source} is not a subnet of the supernet {checkpoint}: {e}") from None
-    supernet = Supernet(space, meta["num_classes"])
+    supernet = Supernet.for_state(space, meta["num_classes"], state)
     supernet.load_checkpoint_state(state, meta, str(checkpoint))
     return supernet.extract(probe).state_dict(), dict(meta)
 
@@ -108,7 +108,8 @@ def embed_weights(supernet: Supernet, arch: Arch, state: Mapping[str, torch.Tens
     supernet.set_active(arch)
     where = supernet.active_state_dict()
     for key, value in state.items():
-        if key in floats:
-            own[key].view(-1)[where[key].reshape(-1).round().long()] = value.reshape(-1).to(own[key].dtype)
+        source = supernet.source_key(key)
+        if source in floats:
+            own[source].view(-1)[where[key].reshape(-1).round().long()] = value.reshape(-1).to(own[source].dtype)
     supernet.load_state_dict(own)
     supernet.set_active(previous)

@@ -23,6 +23,11 @@ Typical use (one training step; `SubnetSampler` gives the same archs on every DD
         loss(*flatten_outputs(outs, num_classes), ...).backward()   # gradients accumulate
     optimizer.step(); optimizer.zero_grad()
 
+With `depth_outputs=True` the head keeps one set of output convs per tower depth
+(`head.shallow_outputs.<d>` beside `head.outputs`, the full depth's): a subnet of depth `d` is
+extracted with its own set at the static network's `head.outputs` keys. The shared set (the
+default) makes every depth read through the same output convs.
+
 Only the active slices receive gradient; layers a subnet does not use at all (head tower
 repeats beyond its depth) get none, so DDP needs `find_unused_parameters=True`.
 """
@@ -40,6 +45,9 @@ from picodet_nas.space import SearchSpace
 
 from .dynamic import SLICEABLE, active_state_dict
 
+OUTPUTS = "head.outputs."
+SHALLOW_OUTPUTS = "head.shallow_outputs."
+
 
 class Supernet(PicoDet):
     """The largest network of `space` with elastic layers; runs any architecture of the space.
@@ -51,12 +59,23 @@ class Supernet(PicoDet):
     (every sliceable layer starts at its largest). `arch` is the active architecture.
     """
 
-    def __init__(self, space: SearchSpace, num_classes: int = 80):
+    def __init__(self, space: SearchSpace, num_classes: int = 80, depth_outputs: bool = False):
         largest = space.largest()
-        super().__init__(largest, num_classes, SLICEABLE)
+        super().__init__(largest, num_classes, SLICEABLE, depth_outputs=depth_outputs)
         self.space = space
-        # The static builder's initialisation; a strict load also proves the trees match.
-        self.load_state_dict(build_model(largest, num_classes).state_dict())
+        self.depth_outputs = depth_outputs
+        # The static builder's initialisation; a strict load also proves the trees match (the
+        # per-depth output convs, which the static network lacks, start as copies of its own).
+        static = build_model(largest, num_classes).state_dict()
+        shallow = {f"head.shallow_outputs.{d}.{key[len(OUTPUTS):]}": value for key, value in static.items()
+                   if key.startswith(OUTPUTS) for d in range(largest.head_convs)} if depth_outputs else {}
+        self.load_state_dict({**static, **shallow})
+
+    @classmethod
+    def for_state(cls, space: SearchSpace, num_classes: int, state: Mapping[str, Any]) -> "Supernet":
+        """The supernet whose module tree `state` (a saved `state_dict()`) was written from:
+        with per-depth output convs when it holds them."""
+        return cls(space, num_classes, depth_outputs=any(k.startswith(SHALLOW_OUTPUTS) for k in state))
 
     def set_active(self, arch: Arch) -> None:
         """Make `arch` the active subnet; a `SpaceError` if it is not in the space."""
@@ -73,7 +92,18 @@ class Supernet(PicoDet):
     def active_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict of `build_model(self.arch)` holding the active slice of every weight
         and BN statistic (copies); the head repeats beyond the subnet's depth are left out."""
-        return active_state_dict(self)
+        state = active_state_dict(self)
+        if not self.depth_outputs:
+            return state
+        shallow = {k: state.pop(k) for k in list(state) if k.startswith(SHALLOW_OUTPUTS)}
+        return {k: shallow.get(self.source_key(k), v) for k, v in state.items()}
+
+    def source_key(self, key: str) -> str:
+        """The supernet state-dict key that the active subnet's `key` is sliced from."""
+        depth = self.arch.head_convs
+        if not (self.depth_outputs and key.startswith(OUTPUTS) and depth < self.space.largest().head_convs):
+            return key
+        return f"{SHALLOW_OUTPUTS}{depth}.{key[len(OUTPUTS):]}"
 
     def extract(self, arch: Arch) -> PicoDet:
         """The static `build_model(arch, num_classes)` carrying this supernet's weights and BN
@@ -88,7 +118,8 @@ class Supernet(PicoDet):
     # ---- checkpoints -------------------------------------------------------------------
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a supernet checkpoint records beside `state_dict()` (plain data)."""
-        return {"kind": "supernet", "space": self.space.ref(), "num_classes": self.num_classes}
+        return {"kind": "supernet", "space": self.space.ref(), "num_classes": self.num_classes,
+                "depth_outputs": self.depth_outputs}
 
     def load_checkpoint_state(self, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any], source: str) -> None:
         """Load weights saved with `checkpoint_meta()`; a `SpaceError`/`CheckpointError` (one

@@ -51,6 +51,9 @@ from .supernet import Supernet
 SUPERNET_FILE = "supernet.pt"
 DEFAULT_STRATEGY = "uniform"
 DEFAULT_NUM_RANDOM = 2
+HEAD_OUTPUTS = ("shared", "per-depth")
+SUPERNET_OPTIONS = ("strategy", "num_random", "search_fraction", "head_outputs", "split_seed")
+DEFAULT_HEAD_OUTPUTS = "shared"
 LANDMARKS = ("largest", "smallest")
 
 
@@ -102,9 +105,16 @@ class LandmarkEvaluator:
 def _supernet_options(values: Mapping[str, Any]) -> dict[str, Any]:
     options = {"strategy": values.get("strategy") or DEFAULT_STRATEGY,
                "num_random": values.get("num_random", DEFAULT_NUM_RANDOM),
-               "search_fraction": values.get("search_fraction", DEFAULT_SEARCH_FRACTION)}
+               "search_fraction": values.get("search_fraction", DEFAULT_SEARCH_FRACTION),
+               "head_outputs": values.get("head_outputs") or DEFAULT_HEAD_OUTPUTS,
+               "split_seed": values.get("split_seed")}
     if options["strategy"] not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {options['strategy']!r}")
+    if options["head_outputs"] not in HEAD_OUTPUTS:
+        raise UserError(f"--head-outputs must be one of {', '.join(HEAD_OUTPUTS)}, got {options['head_outputs']!r}")
+    value = options["split_seed"]
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise UserError(f"--split-seed must be an integer >= 0, got {value!r}")
     value = options["num_random"]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise UserError(f"--num-random must be an integer >= 0, got {value!r}")
@@ -127,7 +137,8 @@ def train_supernet(space_spec: str | Path, data: str | Path, *, options: Mapping
                    out: str | None = None, name: str | None = None, resume: Any = None,
                    init: Pretrained | None = None) -> dict[str, Any] | None:
     """Train the supernet of `space_spec` on `data`. `options`: `TrainConfig` fields plus
-    `strategy`, `num_random` and `search_fraction` (None = default). `init`: a model file whose
+    `strategy`, `num_random`, `search_fraction`, `head_outputs` and `split_seed` (None = default;
+    the split's seed is then the training seed). `init`: a model file whose
     network (a subnet of the space, or its backbone) the supernet starts from; ignored when
     resuming. Returns a summary on rank 0."""
     options = {k: v for k, v in (options or {}).items() if v is not None}
@@ -150,7 +161,7 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
                         "of channels for each subnet, which SyncBatchNorm cannot")
     space = load_space(space_spec)
     subnet = pretrained_subnet(space, init) if init is not None else None  # refused before anything is written
-    sn_given = {k: options.pop(k) for k in ("strategy", "num_random", "search_fraction") if k in options}
+    sn_given = {k: options.pop(k) for k in SUPERNET_OPTIONS if k in options}
     sn_options = _supernet_options(sn_given)
     fresh_cfg = TrainConfig.for_arch(space.base, input_size=max(space.input_sizes), **options)
     paths = resolve_data(data)
@@ -159,13 +170,15 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
                    default_name=default_run_name(space.name))
     ckpt = load_resume_checkpoint(run)
     if ckpt is not None:
-        sn_options = _resumed_options(space, ckpt, run.resume_from)
+        sn_options = {"head_outputs": "shared", "split_seed": None, **_resumed_options(space, ckpt, run.resume_from)}
         cfg = resumed_config(ckpt, options, run.resume_from, other_settings=(sn_options, sn_given))
     else:
         cfg = fresh_cfg
     log = setup_logging(run.path, dist_info)
     log.info(("resuming" if ckpt else "run directory") + f" {run.path}")
-    split = on_main(dist_info, lambda: make_search_split(full_train, sn_options["search_fraction"], cfg.seed,
+    split = on_main(dist_info, lambda: make_search_split(full_train, sn_options["search_fraction"],
+                                                         cfg.seed if sn_options["split_seed"] is None
+                                                         else sn_options["split_seed"],
                                                          run.path / "data"))
     if ckpt is not None and "search_split" in ckpt["meta"]:
         recorded = SearchSplit.from_dict(ckpt["meta"]["search_split"])
@@ -179,7 +192,7 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
              f"{len(train_set)}; the validation split is not used")
 
     seed_everything(cfg.seed)
-    model = Supernet(space, train_set.num_classes)
+    model = Supernet(space, train_set.num_classes, depth_outputs=sn_options["head_outputs"] == "per-depth")
     if init is not None and ckpt is None:
         state, notes = initial_state(init, subnet, model.extract(subnet).state_dict(), train_set.class_names)
         embed_weights(model, subnet, state)

@@ -476,3 +476,35 @@ def _active_grads(sn: Supernet) -> dict[str, torch.Tensor]:
             p.copy_(q.grad if q.grad is not None else torch.zeros_like(q))
     state = holder.active_state_dict()
     return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
+
+
+# ---- per-depth head outputs ----------------------------------------------------------------
+def test_per_depth_outputs_extract_embed_and_reload():
+    """With `depth_outputs`, each head depth reads its own output convs: a subnet's extracted
+    network equals the supernet's run of it, its `head.outputs` come from its depth's set, a
+    subnet's weights embedded into the supernet come back out exactly, and a saved state dict
+    rebuilds the same tree (`Supernet.for_state`)."""
+    from supernet.inherit import embed_weights
+
+    space = load_space("quickstart")
+    sn = plausible_bn_stats_(randomize_(Supernet(space, NUM_CLASSES, depth_outputs=True), 7), 7)
+    assert Supernet.for_state(space, NUM_CLASSES, sn.state_dict()).depth_outputs
+    assert not Supernet.for_state(space, NUM_CLASSES, supernet_of("quickstart").state_dict()).depth_outputs
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    shallow, deep = space.smallest().replace(neck_channels=48), space.largest().replace(neck_channels=48)
+    with torch.no_grad():
+        outs = {}
+        for arch in (shallow, deep):
+            extracted = sn.extract(arch).eval()
+            assert max_diff(sn(x, arch), extracted(x)) < TOL
+            outs[arch.head_convs] = extracted.state_dict()["head.outputs.0.weight"]
+        assert torch.equal(outs[1], sn.head.shallow_outputs[1][0].weight[:, :48])
+        assert torch.equal(outs[2], sn.head.outputs[0].weight[:, :48])
+    state = randomize_(build_model(shallow, NUM_CLASSES), 11).state_dict()
+    embed_weights(sn, shallow, state)
+    back = sn.extract(shallow).state_dict()
+    assert all(torch.equal(back[k], v) for k, v in state.items() if v.is_floating_point())
+    assert torch.equal(sn.head.outputs[0].weight[:, :48], outs[2])  # the full depth's set untouched
+    reloaded = Supernet.for_state(space, NUM_CLASSES, sn.state_dict())
+    reloaded.load_state_dict(sn.state_dict())
+    assert torch.equal(reloaded.extract(shallow).state_dict()["head.outputs.1.bias"], state["head.outputs.1.bias"])
