@@ -12,7 +12,7 @@ of that node maps zero-copy, and each actor process receives the references once
 node needs the installed package but not the data set. With `gpus_per_worker`, each actor asks
 Ray for that share of a GPU (0.5: two actors per GPU) and scores on the GPU Ray gives it. Each actor sets
 `torch.set_num_threads(threads_per_worker)` itself (Ray's OMP_NUM_THREADS only holds for
-fresh worker processes, and 2 actors x 2 threads on 2 cores is 6-8x slower than 2 x 1).
+fresh worker processes, and more threads than cores makes every actor wait on the others).
 Candidates are dispatched as actors free up (`ray.wait`), not in fixed batches.
 
 A worker process that dies (killed, out of memory) loses nothing: the candidate it held goes
@@ -75,8 +75,8 @@ class EvolveScorer:
     The weights arrive through `setup(state)` rather than the constructor: Ray resolves the
     ObjectRef to the numpy arrays in the object store (zero-copy) either way, but an actor with
     `max_restarts` whose constructor takes an object-store argument cannot be restarted once
-    that object is evicted (ray-project/ray#53727, #47043), and Ray logs an error-level line for
-    every such actor. The pool calls `setup` once per actor process, after creation and after
+    that object is evicted (Ray cannot re-fetch a constructor argument that is gone), and Ray
+    logs an error-level line for every such actor. The pool calls `setup` once per actor process, after creation and after
     each restart, before the actor gets a candidate."""
 
     def __init__(self, space_definition: Mapping[str, Any], num_classes: int, data: Mapping[str, Any], threads: int,

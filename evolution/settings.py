@@ -101,7 +101,9 @@ def scoring_device(cfg: EvolveConfig) -> tuple[str, float]:
     a driver without one can still send Ray workers to a GPU cluster with `--device cuda`."""
     import torch
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    from picodet_nas.engine.distributed import resolve_device
+
+    device = resolve_device("auto") if cfg.device == "auto" else cfg.device  # workers may have the GPU
     gpus = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if device.startswith("cuda") else 0.0)
     if device == "cpu" and gpus > 0:
         raise UserError(f"--gpus-per-worker {gpus:g} needs --device cuda (the candidates are scored on the CPU)")

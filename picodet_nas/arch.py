@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +20,8 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ArchError, did_you_mean
+from .utils.io import read_yaml
+from .utils.values import is_int, is_number
 
 NUM_BLOCKS = 13
 STAGE_REPEATS = (3, 7, 3)
@@ -141,32 +142,24 @@ class Arch:
         return self.key()
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _validate(a: Arch) -> None:
-    if not _is_number(a.scale) or not 0.25 <= a.scale <= 4.0:
+    if not is_number(a.scale, finite=True) or not 0.25 <= a.scale <= 4.0:
         raise ArchError(f"scale must be a number in [0.25, 4], got {a.scale!r}")
     if len(a.channel_ratio) != NUM_BLOCKS:
         raise ArchError(f"channel_ratio must have {NUM_BLOCKS} values (one per ESNet block), got {len(a.channel_ratio)}")
     for i, r in enumerate(a.channel_ratio):
-        if not _is_number(r) or not 0.0 < r <= 1.0:
+        if not is_number(r, finite=True) or not 0.0 < r <= 1.0:
             raise ArchError(f"channel_ratio[{i}] must be in (0, 1], got {r!r}")
     if len(a.kernel_size) != NUM_BLOCKS:
         raise ArchError(f"kernel_size must have {NUM_BLOCKS} values (one per ESNet block), got {len(a.kernel_size)}")
     for i, k in enumerate(a.kernel_size):
         if k not in KERNEL_CHOICES:
             raise ArchError(f"kernel_size[{i}] must be one of {list(KERNEL_CHOICES)}, got {k!r}")
-    if not _is_int(a.neck_channels) or a.neck_channels < 8 or a.neck_channels % 8:
+    if not is_int(a.neck_channels) or a.neck_channels < 8 or a.neck_channels % 8:
         raise ArchError(f"neck_channels must be a positive multiple of 8, got {a.neck_channels!r}")
-    if not _is_int(a.head_convs) or not 0 <= a.head_convs <= 8:
+    if not is_int(a.head_convs) or not 0 <= a.head_convs <= 8:
         raise ArchError(f"head_convs must be an integer in [0, 8], got {a.head_convs!r}")
-    if not _is_int(a.input_size) or a.input_size % 32 or not 64 <= a.input_size <= 2048:
+    if not is_int(a.input_size) or a.input_size % 32 or not 64 <= a.input_size <= 2048:
         raise ArchError(f"input_size must be a multiple of 32 in [64, 2048], got {a.input_size!r}")
 
 
@@ -208,16 +201,7 @@ def load_arch_file(path: str | Path) -> tuple[Arch, dict[str, Any]]:
     """Read an architecture YAML: either a bare `Arch` mapping or a file with a top-level
     `arch:` key (such as `best.yaml`). Returns the Arch and the whole document."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ArchError(f"{path}: cannot read architecture file ({e.strerror})") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ArchError(f"{path}: not valid YAML{where}") from None
+    doc = read_yaml(path, "architecture file", ArchError)
     if not isinstance(doc, dict):
         raise ArchError(f"{path}: expected a mapping of architecture fields")
     if "arch" not in doc and {"space", "provenance", "scores"} & set(doc):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 RECALIBRATION_MODES = ("eval", "train")
-MAX_PASS_PIXELS = 256 * 320 * 320  # input pixels of the one-pass path (~1 GB of activations for picodet-s)
+MAX_PASS_PIXELS = 256 * 320 * 320  # input pixels of the one-pass path (bounds its activation memory)
 
 
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -7,9 +7,9 @@
   `classes` [K] (int64, contiguous labels), after the evaluation NMS of the spec. The NMS is
   ONNX's own `NonMaxSuppression` operator, so ONNX Runtime runs it natively. Batch 1.
 
-We use the TorchScript exporter (`dynamo=False`): it exports a block in ~0.01 s against
-~0.7 s for the dynamo exporter, which matters when profiling hundreds of
-blocks, and it lets a custom autograd function emit `NonMaxSuppression` directly.
+We use the TorchScript exporter (`dynamo=False`): it exports a small block far faster than
+the dynamo exporter, which matters when profiling hundreds of blocks, and it lets a custom
+autograd function emit `NonMaxSuppression` directly.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torch import nn
 
 from .models.detector import PicoDet, flatten_outputs
 from .postprocess import EVAL_NMS, NMSConfig, decode, postprocess, select_per_level
+from .data.classes import class_names_of
 from .data.transforms import EVAL_PREPROCESSING
 from .utils.io import atomic_write_bytes
 
@@ -125,7 +126,7 @@ def onnx_metadata(model: PicoDet, meta: Mapping[str, Any] | None, *, postprocess
     """What a deployer needs besides the graph, as ONNX metadata properties (JSON values): the
     classes, the preprocessing, the thresholds baked into the graph, the architecture."""
     meta = dict(meta or {})
-    names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
+    names = class_names_of(meta, model.num_classes)
     props = {
         "producer": "picodet-nas",
         "class_names": names,

@@ -34,10 +34,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import yaml
-
 from .arch import NUM_BLOCKS, Arch
 from .errors import ArchError, SpaceError, did_you_mean
+from .utils.io import read_yaml
 
 PER_BLOCK_DIMS = ("channel_ratio", "kernel_size")
 GLOBAL_DIMS = ("neck_channels", "head_convs", "input_size")
@@ -255,10 +254,4 @@ def resolve_space_path(spec: str | Path) -> Path:
 def load_space(spec: str | Path) -> SearchSpace:
     """A space by name (`esnet_s`, from `search_spaces/`) or by path."""
     path = resolve_space_path(spec)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise SpaceError(f"{path}: cannot read search space ({e.strerror})") from None
-    except yaml.YAMLError:
-        raise SpaceError(f"{path}: not valid YAML") from None
-    return SearchSpace.from_dict(doc, source=str(path))
+    return SearchSpace.from_dict(read_yaml(path, "search space", SpaceError), source=str(path))

@@ -68,7 +68,7 @@ def add_training_flags(p: argparse.ArgumentParser, command: str) -> None:
                    help="average the BN running statistics in the EMA with the weights (default: on); off: the "
                         "EMA weights take the model's statistics")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory layout (default: on; about 1.25x the training throughput of NCHW on a CPU)")
+                   help="NHWC memory layout (default: on; faster than NCHW on a CPU)")
     p.add_argument("--workers", type=int,
                    help="data-loading worker processes (default: none on a CPU, where they would take cores from "
                         "the training threads; min(4, cores) on a GPU); does not change results")

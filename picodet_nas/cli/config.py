@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import UserError, did_you_mean
-from ..utils.io import read_config_yaml
+from ..utils.io import read_yaml
 
 SECTIONS = ("dataset", "supernet", "profile", "budget", "evolve", "retrain")
 SHARED = ("seed", "space", "data", "threads")
@@ -145,7 +145,7 @@ def read_experiment(path: str | Path, reader: CommandSpec | None = None) -> dict
     """The checked and converted document of an experiment file: shared keys and sections, key
     names with `_`. With `reader`, a file without any section is read as the reader's section."""
     path = Path(path)
-    doc = read_config_yaml(path)
+    doc = read_yaml(path)
     doc = {} if doc is None else doc
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a mapping: shared keys ({', '.join(SHARED)}) and sections "

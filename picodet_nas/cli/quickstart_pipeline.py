@@ -71,8 +71,9 @@ LOGGER = "picodet_nas.quickstart"
 
 
 def _num_classes(data: Path) -> int:
-    doc = json.loads((data / "annotations" / "instances_train.json").read_text())
-    return len(doc["categories"])
+    from ..data import resolve_data
+
+    return len(json.loads(resolve_data(data).train_ann.read_text())["categories"])
 
 
 def run_quickstart(cfg: QuickstartConfig, run_dir: Path, *, compare: bool = False) -> dict[str, Any]:

@@ -44,6 +44,11 @@ class Classes:
         return cls.of(source, meta.get("class_names"), meta.get("label_to_cat_id"), meta["num_classes"])
 
 
+def class_names_of(meta: Mapping[str, Any], num_classes: int) -> list[str]:
+    """A checkpoint's class names, or the labels '0', '1', ... when its meta records none."""
+    return list(meta.get("class_names") or [str(i) for i in range(num_classes)])
+
+
 def check_same_classes(model: Classes, data: Classes, hint: str) -> None:
     """The same number of classes, category ids and names, as far as both sides record them;
     else a `DataError`: `<model> has <field> ..., <data> has ...: <hint>`."""

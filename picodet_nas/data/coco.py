@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import warnings
-from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
 from picodet_nas.errors import DataError
+from picodet_nas.utils.values import is_int, is_number
 
 REQUIRED_KEYS = {
     "images": ("id", "file_name", "width", "height"),
@@ -27,14 +27,6 @@ REQUIRED_KEYS = {
     "categories": ("id", "name"),
 }
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def _read_json(ann_file: Path) -> dict:
@@ -67,7 +59,7 @@ def _validate(data: dict, ann_file: Path) -> None:
             for key in keys:
                 if key not in entry:
                     raise DataError(f"{where}: {section}[{i}] lacks required key '{key}'")
-            if not _is_int(entry["id"]):
+            if not is_int(entry["id"]):
                 raise DataError(f"{where}: {section}[{i}].id must be an integer, got {entry['id']!r}")
     if not data["categories"]:
         raise DataError(f"{where}: 'categories' is empty; expected at least one category")
@@ -82,7 +74,7 @@ def _validate(data: dict, ann_file: Path) -> None:
         if not isinstance(img["file_name"], str) or not img["file_name"]:
             raise DataError(f"{where}: images[{i}].file_name must be a non-empty string")
         for key in ("width", "height"):
-            if not _is_number(img[key]) or img[key] <= 0:
+            if not is_number(img[key]) or img[key] <= 0:
                 raise DataError(f"{where}: images[{i}].{key} must be a positive number, got {img[key]!r}")
 
     image_ids = {img["id"] for img in data["images"]}
@@ -93,7 +85,7 @@ def _validate(data: dict, ann_file: Path) -> None:
         if ann["category_id"] not in category_ids:
             raise DataError(f"{where}: annotations[{i}].category_id {ann['category_id']!r} is not in 'categories'")
         bbox = ann["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
             raise DataError(f"{where}: annotations[{i}].bbox must be [x, y, width, height] numbers")
 
 

@@ -32,7 +32,7 @@ class DetectionLoader(DataLoader):
     worker traceback as its message, which would break the command line's promise
     of one line naming the bad file; the original message is the traceback's last line.
     The workers are shut down at once: left to garbage collection, an iterator whose
-    worker has raised stalls 5 s joining it.
+    worker has raised stalls for its join timeout.
     """
 
     def __iter__(self):

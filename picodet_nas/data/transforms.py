@@ -173,7 +173,7 @@ class RandomDistort:
 
     Each of the four is an affine map of the RGB vector and Paddle never clips in
     between, so the chosen ones compose exactly into one 3x3 matrix plus offset,
-    applied in a single pass by Pillow (8x faster than four float passes). Unlike
+    applied in a single pass by Pillow (far cheaper than four float passes). Unlike
     Paddle, the result is rounded and clipped to uint8, because the batch resize works
     on 8-bit images.
     """

@@ -46,12 +46,14 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' without one is a user error."""
+def resolve_device(device: "str | torch.device | None") -> str:
+    """'auto' (or None) -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' (or 'cuda:N')
+    without one is a user error."""
+    device = "auto" if device is None else str(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available to this process")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is available to this process")
     return device
 
 

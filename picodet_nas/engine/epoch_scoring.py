@@ -51,8 +51,7 @@ class EpochScoring:
 
         Not in the BN-frozen epochs: there the weights were trained against the fixed running
         statistics, eval mode reproduces the training forward pass exactly, and recomputing them
-        would break that (on the BN-diagnosis data, 12 epochs with the last 3 frozen: mAP 0.084
-        with the frozen statistics, 0.071 recomputed)."""
+        would break that (the README's BN-fidelity benchmark measures the loss)."""
         if self.calibrate_fn is None or not self.dist.is_main or not self.due(epoch):
             return
         if self.cfg.bn_freeze_epochs and epoch >= self.cfg.epochs - self.cfg.bn_freeze_epochs:

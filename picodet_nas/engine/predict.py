@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from ..data import eval_resize, normalize
+from ..data.classes import class_names_of
 from ..data.coco import _to_rgb
 from ..data.transforms import to_nchw
 from ..errors import DataError
@@ -86,7 +87,7 @@ def predict_images(model: torch.nn.Module, meta: dict[str, Any], images: Sequenc
     device = torch.device(device)
     model = model.to(device).eval()
     size = model.arch.input_size
-    names = list(meta.get("class_names") or [str(i) for i in range(model.num_classes)])
+    names = class_names_of(meta, model.num_classes)
     cat_ids = list(meta.get("label_to_cat_id") or range(model.num_classes))
     nms = replace(EVAL_NMS, score_thr=score_thr)
     records, used = [], set()

@@ -74,18 +74,12 @@ def read_pretrained(path: str | Path) -> Pretrained:
     return Pretrained(path=path, arch=arch, state=deployed_weights(ckpt), class_names=names)
 
 
-def backbone_difference(recorded: Arch, given: Arch) -> str:
-    """The backbone fields in which two architectures differ, as 'field: recorded vs given'."""
-    a, b = recorded.to_dict(), given.to_dict()
-    return "; ".join(f"{k} {a[k]} vs {b[k]}" for k in BACKBONE_FIELDS if a[k] != b[k])
-
-
 def initial_state(pre: Pretrained, arch: Arch, own: Mapping[str, torch.Tensor], class_names: Sequence[str]
                   ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(state dict to load into the network of `arch`, whose fresh state is `own`; what was done,
     as log lines). `class_names`: the classes of the training data."""
     if pre.backbone_only:
-        difference = backbone_difference(pre.arch, arch)
+        difference = arch_difference(pre.arch, arch, BACKBONE_FIELDS)
         if difference:
             raise CheckpointError(f"{pre.path} holds the backbone of another architecture (checkpoint vs given: "
                                   f"{difference})")

@@ -52,10 +52,12 @@ def resize_filter(meta: Mapping[str, Any]) -> str:
     return value
 
 
-def arch_difference(recorded: Arch, given: Arch) -> str:
-    """The fields in which two architectures differ, as 'field: recorded vs given'."""
+def arch_difference(recorded: Arch, given: Arch, fields: Sequence[str] | None = None) -> str:
+    """The `fields` (default: every field but the input size) in which two architectures
+    differ, as 'field recorded vs given; ...'."""
     a, b = recorded.to_dict(), given.to_dict()
-    return "; ".join(f"{k} {a[k]} vs {b[k]}" for k in a if k != "input_size" and a[k] != b[k])
+    fields = [k for k in a if k != "input_size"] if fields is None else fields
+    return "; ".join(f"{k} {a[k]} vs {b[k]}" for k in fields if a[k] != b[k])
 
 
 def checkpoint_arch(meta: Mapping[str, Any], weights: str | Path, arch_spec: str | Path | Arch | None = None,

@@ -52,7 +52,7 @@ def export_models(manifest: dict, bundle_dir: Path, progress: Progress = None) -
     """Export every model of the plan into `bundle_dir` (fills each model's `weights` spec).
 
     PyTorch runs single-threaded here: tracing is a forward pass, and on a small shared
-    machine a second thread only adds contention (a 3x slower export, measured).
+    machine a second thread only adds contention.
     """
     with torch_threads(1):
         names = list(manifest["models"])

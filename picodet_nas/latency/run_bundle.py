@@ -68,7 +68,7 @@ DEFAULT_REPEATS = 60  # timed calls per model
 DEFAULT_BURST = 5  # timed calls per visit of the round-robin
 DEFAULT_SPREAD_LIMIT = 0.15  # (p90 - p10) / median above which a model is measured again
 DEFAULT_MAX_REMEASURE = 2  # extra passes over the wide models at most
-DEFAULT_MAX_LOADED = 128  # sessions held at once (365 small part sessions took 1.4 GB)
+DEFAULT_MAX_LOADED = 128  # sessions held at once (every session holds its own arena of memory)
 
 
 # ---------------------------------------------------------------------------- ONNX Runtime

@@ -80,7 +80,7 @@ def time_round_robin(fns: Dict[str, Callable[[], object]], calls: int, rng: rand
     Round-robin: each round visits every function once, in a new random order; a visit makes
     one untimed call (it brings the model's weights and buffers back into cache) and then
     `burst` timed calls back to back. The garbage collector is off while timing: a
-    collection inside a 50 us call is a 20x outlier.
+    collection inside a call of a few microseconds is an outlier many times its length.
     """
     names = list(fns)
     samples: Dict[str, List[float]] = {n: [] for n in names}

@@ -59,7 +59,7 @@ def box_iou(boxes1, boxes2, eps=1e-6):
     Same values as ``bbox_overlaps(boxes1, boxes2)``, written for NMS, where N and M
     reach 1000: broadcasting contiguous coordinate columns instead of strided
     ``[N, 1, 2]`` slices, and in-place ops that spare three ``N x M`` temporaries, make
-    it 1.7-3x faster (0.07 vs 0.12 ms at 100 x 100, 9 vs 28 ms at 1000 x 1000, 1 thread).
+    it faster at those sizes.
     The arithmetic (``inter / ((area1 + area2) - inter)`` in that order) is the one
     onnxruntime's NonMaxSuppression kernel uses, so an IoU right at the threshold is
     decided the same way (the tests demand exact agreement with ORT on x86).

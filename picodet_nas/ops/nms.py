@@ -26,16 +26,15 @@ For exact agreement in every case the ONNX graph must keep only the per-class to
 Boxes must be valid xyxy (``x1 <= x2``, ``y1 <= y2``), as decoded boxes always are; ORT
 also accepts flipped corners, this module does not.
 
-Speed (2-core CPU, 1 thread): per class, one IoU matrix over the class's ranked
-candidates, then a sweep over the ranks that ORs the row of every kept box into a
-"suppressed" mask; the sweep runs on numpy bools (~0.5 us a rank, a torch op would cost
-~5 us). About 3.5 ms for ~1000 candidates spread over ~30 classes, 5 ms for ~3000. The
-matrix grows as the square of a class's candidates, so a very diffuse score map (every
-class near its 1000 cap) costs up to ~1 s an image. The class-offset trick (one matrix
-over all classes) is slower (measured: 25 vs 11 ms at N=1000, 292 vs 14 ms at N=3000), and so is a numpy row-by-row greedy loop except on such diffuse maps. The
-onnxruntime op is ~100x faster
-still; this module exists for the PyTorch evaluation path and as the
-reference the exported graph is tested against.
+How it runs: per class, one IoU matrix over the class's ranked candidates, then a sweep
+over the ranks that ORs the row of every kept box into a "suppressed" mask; the sweep runs
+on numpy bools, because a per-rank torch op costs several times more in dispatch. The matrix
+grows as the square of a class's candidates, so a very diffuse score map (every class near
+its cap) is the slow case. One matrix over all classes (the class-offset trick) computes
+mostly cross-class pairs that are never needed, and a row-by-row greedy loop pays Python per
+pair, so both are slower except on such diffuse maps. onnxruntime's op is faster still; this
+module exists for the PyTorch evaluation path and as the reference the exported graph is
+tested against.
 """
 
 import numpy as np

@@ -52,18 +52,20 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
-def read_config_yaml(path: str | Path) -> Any:
-    """The document of a YAML config file (`yaml.safe_load`); a missing or unreadable file and
-    invalid YAML are one-line `UserError`s naming the file (and the line, where YAML says)."""
+def read_yaml(path: str | Path, what: str = "config file", error: type | None = None, after: str = "") -> Any:
+    """The document of a YAML file (`yaml.safe_load`); a missing or unreadable file and invalid
+    YAML are one-line errors (`error`, default `UserError`) naming the file, what it should be
+    (`what`) and the line where YAML says; `after` ends the invalid-YAML message."""
     import yaml
 
     from ..errors import UserError
 
+    error = error or UserError
     path = Path(path)
     try:
         return yaml.safe_load(path.read_text())
     except OSError as e:
-        raise UserError(f"{path}: cannot read config file ({e.strerror})") from None
+        raise error(f"{path}: cannot read {what} ({e.strerror})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise UserError(f"{path}: not valid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
+        raise error(f"{path}: not valid YAML" + (f" at line {mark.line + 1}" if mark else "") + after) from None

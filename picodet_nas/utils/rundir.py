@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ..errors import UserError
-from .io import atomic_write_text
+from .io import atomic_write_text, read_yaml
 
 RUNS_ROOT = Path("runs")
 LAST_CHECKPOINT = "last.pt"
@@ -136,10 +136,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         return None
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise UserError(f"{path}: not valid YAML; cannot resume") from None
+    doc = read_yaml(path, "run config", after="; cannot resume")
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a mapping of settings; cannot resume")
     return doc
