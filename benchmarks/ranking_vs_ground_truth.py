@@ -128,6 +128,14 @@ def proxies(rows: list[dict], num_classes: int = 80) -> dict[str, dict[int, floa
     return out
 
 
+def head_per_depth(entry: dict) -> str:
+    """An entry's per-depth head parts (results written before the option was renamed say
+    `head_outputs: per-depth` for "outputs")."""
+    if "head_per_depth" in entry:
+        return entry["head_per_depth"]
+    return "outputs" if entry.get("head_outputs") == "per-depth" else "none"
+
+
 def rejudge(paths: list[Path], result: dict, rows: list[dict], truth: dict[int, float], pairs: list[list[int]],
             ceiling: float | None) -> None:
     """Judge the supernet scores stored in earlier results (`paths`) against this ground truth."""
@@ -139,10 +147,11 @@ def rejudge(paths: list[Path], result: dict, rows: list[dict], truth: dict[int, 
             scores = {int(k): v for k, v in entry["supernet_mAP"].items()}
             if set(truth) - set(scores):
                 sys.exit(f"{path}: no supernet score of architectures {sorted(set(truth) - set(scores))}")
-            result["supernets"].append({**{k: v for k, v in entry.items() if k not in judged},
+            result["supernets"].append({**{k: v for k, v in entry.items() if k not in (*judged, "head_outputs")},
+                                        "head_per_depth": head_per_depth(entry),
                                         **judge(scores, truth, pairs, ceiling)})
     for entry in result["supernets"]:
-        print(f"{entry['strategy']} distill {entry.get('distill', 0):g} {entry.get('head_outputs', 'shared')} "
+        print(f"{entry['strategy']} distill {entry.get('distill', 0):g} {head_per_depth(entry)} "
               f"e{entry['epochs']}: tau {entry['kendall_tau']:.3f} ({entry['share_of_seed_tau']:.2f} of the "
               f"seed-to-seed {ceiling:.3f}), pairwise {entry['pairwise_accuracy']} over {len(pairs)} pairs")
     for name, v in result["proxies"].items():
@@ -161,8 +170,8 @@ def main() -> None:
     ap.add_argument("--supernet-seeds", type=int, nargs="+",
                     help="training seeds of the supernets (default: the ground truth's data seed); every one "
                          "holds out the ground truth's search split")
-    ap.add_argument("--head-outputs", choices=("shared", "per-depth"), default="shared",
-                    help="the supernets' head output convs (nas train-supernet --head-outputs)")
+    ap.add_argument("--head-per-depth", choices=("none", "outputs", "all"), default="none",
+                    help="the supernets' per-depth head parts (nas train-supernet --head-per-depth)")
     ap.add_argument("--lr", type=float, help="default: the ground truth's")
     ap.add_argument("--warmup-iters", type=int, help="default: the ground truth's")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -219,7 +228,7 @@ def main() -> None:
             for sn_seed in (args.supernet_seeds or [seed])]
     for epochs, strategy, sn_seed in runs:
         tag = f"{strategy}{args.distill:g}" if strategy == "sandwich-kd" else strategy
-        tag += "-per-depth-outputs" if args.head_outputs == "per-depth" else ""
+        tag += {"none": "", "outputs": "-per-depth-outputs", "all": "-per-depth-head"}[args.head_per_depth]
         tag += f"-seed{sn_seed}" if sn_seed != seed else ""
         out = run_dir / f"supernet-{tag}-r{args.num_random}-e{epochs}"
         done = (out / "supernet.pt").is_file() and (out / "metrics.csv").is_file() and \
@@ -234,7 +243,7 @@ def main() -> None:
                          "--seed", str(sn_seed), "--split-seed", str(seed),
                          "--calib-images", str(gt["calib_images"]),
                          "--search-fraction", str(gt["search_fraction"]), "--num-random", str(args.num_random),
-                         "--head-outputs", args.head_outputs,
+                         "--head-per-depth", args.head_per_depth,
                          *strategy_flags(strategy, args.distill), "--out", str(out)] + \
                 (["--resume"] if (out / "last.pt").is_file() else [])
             print("$ " + " ".join(cmd), flush=True)
@@ -258,7 +267,7 @@ def main() -> None:
                 result["proxies"][proxy] = judge({k: v[proxy] for k, v in scored.items()}, truth, pairs, ceiling)
         entry = {"strategy": strategy, "epochs": epochs, "seed": sn_seed,
                  "distill": args.distill if strategy == "sandwich-kd" else 0.0,
-                 "head_outputs": args.head_outputs,
+                 "head_per_depth": args.head_per_depth,
                  "supernet_mAP": {str(k): v["map"] for k, v in scored.items()},
                  **judge({k: v["map"] for k, v in scored.items()}, truth, pairs, ceiling)}
         result["supernets"].append(entry)

@@ -23,10 +23,10 @@ Typical use (one training step; `SubnetSampler` gives the same archs on every DD
         loss(*flatten_outputs(outs, num_classes), ...).backward()   # gradients accumulate
     optimizer.step(); optimizer.zero_grad()
 
-With `depth_outputs=True` the head keeps one set of output convs per tower depth
-(`head.shallow_outputs.<d>` beside `head.outputs`, the full depth's): a subnet of depth `d` is
-extracted with its own set at the static network's `head.outputs` keys. The shared set (the
-default) makes every depth read through the same output convs.
+With `per_depth` ("outputs" or "all") the head keeps parts of its own for every shallower
+depth `d` (`head.shallow_outputs.<d>`, and `head.shallow_towers.<d>` with "all", beside the full
+depth's `head.outputs` and `head.towers`): a subnet of depth `d` is extracted with its own parts
+at the static network's keys. "none" (the default) shares every head weight between depths.
 
 Only the active slices receive gradient; layers a subnet does not use at all (head tower
 repeats beyond its depth) get none, so DDP needs `find_unused_parameters=True`.
@@ -45,9 +45,6 @@ from picodet_nas.space import SearchSpace
 
 from .dynamic import SLICEABLE, active_state_dict
 
-OUTPUTS = "head.outputs."
-SHALLOW_OUTPUTS = "head.shallow_outputs."
-
 
 class Supernet(PicoDet):
     """The largest network of `space` with elastic layers; runs any architecture of the space.
@@ -59,23 +56,37 @@ class Supernet(PicoDet):
     (every sliceable layer starts at its largest). `arch` is the active architecture.
     """
 
-    def __init__(self, space: SearchSpace, num_classes: int = 80, depth_outputs: bool = False):
+    def __init__(self, space: SearchSpace, num_classes: int = 80, per_depth: str = "none"):
         largest = space.largest()
-        super().__init__(largest, num_classes, SLICEABLE, depth_outputs=depth_outputs)
+        super().__init__(largest, num_classes, SLICEABLE, per_depth=per_depth)
         self.space = space
-        self.depth_outputs = depth_outputs
+        self.per_depth = per_depth
         # The static builder's initialisation; a strict load also proves the trees match (the
-        # per-depth output convs, which the static network lacks, start as copies of its own).
+        # per-depth parts, which the static network lacks, start as copies of its own).
         static = build_model(largest, num_classes).state_dict()
-        shallow = {f"head.shallow_outputs.{d}.{key[len(OUTPUTS):]}": value for key, value in static.items()
-                   if key.startswith(OUTPUTS) for d in range(largest.head_convs)} if depth_outputs else {}
-        self.load_state_dict({**static, **shallow})
+        copies = {}
+        for depth in (d for d in space.choices.get("head_convs", ()) if d < largest.head_convs):
+            self.set_active(largest.replace(head_convs=depth))
+            copies.update({self.source_key(k): v for k, v in static.items()
+                           if self.source_key(k) != k and self._runs(k, depth)})
+        self.set_active(largest)
+        # (per-depth parts of depths the space does not have keep their constructor's values)
+        self.load_state_dict({**self.state_dict(), **static, **copies})
+
+    @staticmethod
+    def _runs(key: str, depth: int) -> bool:
+        """Whether a head of depth `depth` has the static key `key` (tower repeats beyond it: no)."""
+        if not key.startswith("head.towers."):
+            return True
+        return int(key.split(".")[3]) < 2 * depth  # head.towers.<level>.<layer>.
 
     @classmethod
     def for_state(cls, space: SearchSpace, num_classes: int, state: Mapping[str, Any]) -> "Supernet":
-        """The supernet whose module tree `state` (a saved `state_dict()`) was written from:
-        with per-depth output convs when it holds them."""
-        return cls(space, num_classes, depth_outputs=any(k.startswith(SHALLOW_OUTPUTS) for k in state))
+        """The supernet whose module tree `state` (a saved `state_dict()`) was written from: with
+        the per-depth head parts it holds."""
+        per_depth = ("all" if any(k.startswith("head.shallow_towers.") for k in state) else
+                     "outputs" if any(k.startswith("head.shallow_outputs.") for k in state) else "none")
+        return cls(space, num_classes, per_depth=per_depth)
 
     def set_active(self, arch: Arch) -> None:
         """Make `arch` the active subnet; a `SpaceError` if it is not in the space."""
@@ -93,17 +104,27 @@ class Supernet(PicoDet):
         """The state dict of `build_model(self.arch)` holding the active slice of every weight
         and BN statistic (copies); the head repeats beyond the subnet's depth are left out."""
         state = active_state_dict(self)
-        if not self.depth_outputs:
+        if self.per_depth == "none":
             return state
-        shallow = {k: state.pop(k) for k in list(state) if k.startswith(SHALLOW_OUTPUTS)}
-        return {k: shallow.get(self.source_key(k), v) for k, v in state.items()}
+        depth, own, replaced = self.arch.head_convs, {}, []
+        for part in self._own_parts():
+            prefix = f"head.shallow_{part}.{depth}."
+            own.update({f"head.{part}.{k[len(prefix):]}": v for k, v in state.items() if k.startswith(prefix)})
+            replaced.append(f"head.{part}.")
+        return {**{k: v for k, v in state.items() if not k.startswith(("head.shallow_", *replaced))}, **own}
+
+    def _own_parts(self) -> tuple[str, ...]:
+        """The head parts the active depth has of its own."""
+        if self.per_depth == "none" or self.arch.head_convs == self.space.largest().head_convs:
+            return ()
+        return ("towers", "outputs") if self.per_depth == "all" else ("outputs",)
 
     def source_key(self, key: str) -> str:
         """The supernet state-dict key that the active subnet's `key` is sliced from."""
-        depth = self.arch.head_convs
-        if not (self.depth_outputs and key.startswith(OUTPUTS) and depth < self.space.largest().head_convs):
-            return key
-        return f"{SHALLOW_OUTPUTS}{depth}.{key[len(OUTPUTS):]}"
+        for part in self._own_parts():
+            if key.startswith(f"head.{part}."):
+                return f"head.shallow_{part}.{self.arch.head_convs}.{key[len(part) + 6:]}"
+        return key
 
     def extract(self, arch: Arch) -> PicoDet:
         """The static `build_model(arch, num_classes)` carrying this supernet's weights and BN
@@ -119,7 +140,7 @@ class Supernet(PicoDet):
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a supernet checkpoint records beside `state_dict()` (plain data)."""
         return {"kind": "supernet", "space": self.space.ref(), "num_classes": self.num_classes,
-                "depth_outputs": self.depth_outputs}
+                "head_per_depth": self.per_depth}
 
     def load_checkpoint_state(self, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any], source: str) -> None:
         """Load weights saved with `checkpoint_meta()`; a `SpaceError`/`CheckpointError` (one

@@ -51,9 +51,9 @@ from .supernet import Supernet
 SUPERNET_FILE = "supernet.pt"
 DEFAULT_STRATEGY = "uniform"
 DEFAULT_NUM_RANDOM = 2
-HEAD_OUTPUTS = ("shared", "per-depth")
-SUPERNET_OPTIONS = ("strategy", "num_random", "search_fraction", "head_outputs", "split_seed")
-DEFAULT_HEAD_OUTPUTS = "shared"
+HEAD_PER_DEPTH = ("none", "outputs", "all")
+SUPERNET_OPTIONS = ("strategy", "num_random", "search_fraction", "head_per_depth", "split_seed")
+DEFAULT_HEAD_PER_DEPTH = "none"
 LANDMARKS = ("largest", "smallest")
 
 
@@ -106,12 +106,13 @@ def _supernet_options(values: Mapping[str, Any]) -> dict[str, Any]:
     options = {"strategy": values.get("strategy") or DEFAULT_STRATEGY,
                "num_random": values.get("num_random", DEFAULT_NUM_RANDOM),
                "search_fraction": values.get("search_fraction", DEFAULT_SEARCH_FRACTION),
-               "head_outputs": values.get("head_outputs") or DEFAULT_HEAD_OUTPUTS,
+               "head_per_depth": values.get("head_per_depth") or DEFAULT_HEAD_PER_DEPTH,
                "split_seed": values.get("split_seed")}
     if options["strategy"] not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {options['strategy']!r}")
-    if options["head_outputs"] not in HEAD_OUTPUTS:
-        raise UserError(f"--head-outputs must be one of {', '.join(HEAD_OUTPUTS)}, got {options['head_outputs']!r}")
+    if options["head_per_depth"] not in HEAD_PER_DEPTH:
+        raise UserError(f"--head-per-depth must be one of {', '.join(HEAD_PER_DEPTH)}, "
+                        f"got {options['head_per_depth']!r}")
     value = options["split_seed"]
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise UserError(f"--split-seed must be an integer >= 0, got {value!r}")
@@ -137,7 +138,7 @@ def train_supernet(space_spec: str | Path, data: str | Path, *, options: Mapping
                    out: str | None = None, name: str | None = None, resume: Any = None,
                    init: Pretrained | None = None) -> dict[str, Any] | None:
     """Train the supernet of `space_spec` on `data`. `options`: `TrainConfig` fields plus
-    `strategy`, `num_random`, `search_fraction`, `head_outputs` and `split_seed` (None = default;
+    `strategy`, `num_random`, `search_fraction`, `head_per_depth` and `split_seed` (None = default;
     the split's seed is then the training seed). `init`: a model file whose
     network (a subnet of the space, or its backbone) the supernet starts from; ignored when
     resuming. Returns a summary on rank 0."""
@@ -170,7 +171,7 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
                    default_name=default_run_name(space.name))
     ckpt = load_resume_checkpoint(run)
     if ckpt is not None:
-        sn_options = {"head_outputs": "shared", "split_seed": None, **_resumed_options(space, ckpt, run.resume_from)}
+        sn_options = {"head_per_depth": "none", "split_seed": None, **_resumed_options(space, ckpt, run.resume_from)}
         cfg = resumed_config(ckpt, options, run.resume_from, other_settings=(sn_options, sn_given))
     else:
         cfg = fresh_cfg
@@ -192,7 +193,7 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
              f"{len(train_set)}; the validation split is not used")
 
     seed_everything(cfg.seed)
-    model = Supernet(space, train_set.num_classes, depth_outputs=sn_options["head_outputs"] == "per-depth")
+    model = Supernet(space, train_set.num_classes, per_depth=sn_options["head_per_depth"])
     if init is not None and ckpt is None:
         state, notes = initial_state(init, subnet, model.extract(subnet).state_dict(), train_set.class_names)
         embed_weights(model, subnet, state)

@@ -101,6 +101,20 @@ def test_dependencies_point_one_way():
     assert wrong == []
 
 
+def test_the_command_line_imports_the_upper_packages_only_inside_handlers():
+    """`picodet_nas.cli` may run `supernet` and `evolution`, but only from inside a function, so that
+    importing any module of `picodet_nas` (the command line's included) never loads them."""
+    at_module_level = []
+    for name, path in _modules().items():
+        if not name.startswith("picodet_nas.cli"):
+            continue
+        for node in ast.parse(path.read_text()).body:  # module-level statements only
+            targets = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                       [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            at_module_level += [f"{name}: {t}" for t in targets if t.split(".")[0] in ("supernet", "evolution")]
+    assert at_module_level == []
+
+
 MAX_MODULE_LINES = 350
 
 

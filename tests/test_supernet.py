@@ -478,33 +478,44 @@ def _active_grads(sn: Supernet) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
 
 
-# ---- per-depth head outputs ----------------------------------------------------------------
-def test_per_depth_outputs_extract_embed_and_reload():
-    """With `depth_outputs`, each head depth reads its own output convs: a subnet's extracted
-    network equals the supernet's run of it, its `head.outputs` come from its depth's set, a
-    subnet's weights embedded into the supernet come back out exactly, and a saved state dict
-    rebuilds the same tree (`Supernet.for_state`)."""
+# ---- per-depth head parts -----------------------------------------------------------------
+@pytest.mark.parametrize("per_depth", ["outputs", "all"])
+def test_per_depth_head_extract_embed_and_reload(per_depth):
+    """With `per_depth`, each head depth runs parts of its own: a subnet's extracted network
+    equals the supernet's run of it, its head weights come from its depth's parts, a subnet's
+    weights embedded into the supernet come back out exactly and leave the other depth's parts
+    alone, and a saved state dict rebuilds the same tree (`Supernet.for_state`)."""
     from supernet.inherit import embed_weights
 
     space = load_space("quickstart")
-    sn = plausible_bn_stats_(randomize_(Supernet(space, NUM_CLASSES, depth_outputs=True), 7), 7)
-    assert Supernet.for_state(space, NUM_CLASSES, sn.state_dict()).depth_outputs
-    assert not Supernet.for_state(space, NUM_CLASSES, supernet_of("quickstart").state_dict()).depth_outputs
+    sn = plausible_bn_stats_(randomize_(Supernet(space, NUM_CLASSES, per_depth=per_depth), 7), 7)
+    assert Supernet.for_state(space, NUM_CLASSES, sn.state_dict()).per_depth == per_depth
+    assert Supernet.for_state(space, NUM_CLASSES, supernet_of("quickstart").state_dict()).per_depth == "none"
+    fresh = Supernet(space, NUM_CLASSES, per_depth=per_depth).state_dict()  # depth 1's parts: copies
+    copied = {k: f"head.{k.split('.')[1][len('shallow_'):]}.{k.split('.', 3)[3]}" for k in fresh
+              if k.startswith("head.shallow_") and k.split(".")[2] == "1"}
+    assert len(copied) == (4 * 2 + 4 * 2 * 6 if per_depth == "all" else 4 * 2)  # 4 levels: conv/bias, ConvBN x 2
+    assert all(torch.equal(fresh[k], fresh[source]) for k, source in copied.items())
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     shallow, deep = space.smallest().replace(neck_channels=48), space.largest().replace(neck_channels=48)
     with torch.no_grad():
-        outs = {}
+        heads = {}
         for arch in (shallow, deep):
             extracted = sn.extract(arch).eval()
             assert max_diff(sn(x, arch), extracted(x)) < TOL
-            outs[arch.head_convs] = extracted.state_dict()["head.outputs.0.weight"]
-        assert torch.equal(outs[1], sn.head.shallow_outputs[1][0].weight[:, :48])
-        assert torch.equal(outs[2], sn.head.outputs[0].weight[:, :48])
+            heads[arch.head_convs] = {k: v for k, v in extracted.state_dict().items() if k.startswith("head.")}
+    assert torch.equal(heads[1]["head.outputs.0.weight"], sn.head.shallow_outputs[1][0].weight[:, :48])
+    assert torch.equal(heads[2]["head.outputs.0.weight"], sn.head.outputs[0].weight[:, :48])
+    tower = sn.head.shallow_towers[1][0][1].conv.weight if per_depth == "all" else sn.head.towers[0][1].conv.weight
+    assert torch.equal(heads[1]["head.towers.0.1.conv.weight"], tower[:48, :48])
     state = randomize_(build_model(shallow, NUM_CLASSES), 11).state_dict()
     embed_weights(sn, shallow, state)
     back = sn.extract(shallow).state_dict()
     assert all(torch.equal(back[k], v) for k, v in state.items() if v.is_floating_point())
-    assert torch.equal(sn.head.outputs[0].weight[:, :48], outs[2])  # the full depth's set untouched
+    after = {k: v for k, v in sn.extract(deep).state_dict().items() if k.startswith("head.")}
+    assert torch.equal(after["head.outputs.0.weight"], heads[2]["head.outputs.0.weight"])  # the full depth's own
+    if per_depth == "all":
+        assert all(torch.equal(after[k], heads[2][k]) for k in heads[2])
     reloaded = Supernet.for_state(space, NUM_CLASSES, sn.state_dict())
     reloaded.load_state_dict(sn.state_dict())
     assert torch.equal(reloaded.extract(shallow).state_dict()["head.outputs.1.bias"], state["head.outputs.1.bias"])

@@ -133,16 +133,17 @@ def test_train_supernet_under_torchrun_two_processes(work):
 
 
 def test_split_seed_and_per_depth_outputs(work, sandwich_run):
-    """--split-seed holds out the images of that seed whatever the training seed; --head-outputs
-    per-depth gives the head one set of output convs per depth, recorded in supernet.pt."""
+    """--split-seed holds out the images of that seed whatever the training seed; --head-per-depth
+    all gives the head towers and output convs of its own for each depth, recorded in supernet.pt."""
     r = nas("train-supernet", "--space", "tiny_space.yaml", "--data", "data", *SUPERNET_TRAIN, "--epochs", "1",
-            "--seed", "5", "--split-seed", "0", "--head-outputs", "per-depth", "--out", "per-depth", cwd=work)
+            "--seed", "5", "--split-seed", "0", "--head-per-depth", "all", "--out", "per-depth", cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = torch.load(work / "per-depth" / "supernet.pt", map_location="cpu", weights_only=True)
     reference = torch.load(sandwich_run / "supernet.pt", map_location="cpu", weights_only=True)["meta"]
     assert ckpt["meta"]["search_split"]["held_out_ids"] == reference["search_split"]["held_out_ids"]
-    assert ckpt["meta"]["config"]["seed"] == 5 and ckpt["meta"]["depth_outputs"] is True
-    assert ckpt["meta"]["supernet_options"]["head_outputs"] == "per-depth"
+    assert ckpt["meta"]["config"]["seed"] == 5 and ckpt["meta"]["head_per_depth"] == "all"
+    assert ckpt["meta"]["supernet_options"]["head_per_depth"] == "all"
     assert any(k.startswith("head.shallow_outputs.1.") for k in ckpt["model"])
+    assert any(k.startswith("head.shallow_towers.1.0.1.") for k in ckpt["model"])
     assert "--split-seed must be an integer >= 0" in one_line_error(
         nas("train-supernet", "--space", "tiny_space.yaml", "--data", "data", "--split-seed", "-1", cwd=work))

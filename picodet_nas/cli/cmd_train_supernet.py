@@ -27,9 +27,9 @@ def register(sub) -> None:
     p.add_argument("--distill", type=float, metavar="W",
                    help="sandwich only: in-place distillation, the largest subnet of each step teaches the others its "
                         "class scores and box distributions, with weight W beside the detection loss (default: 0)")
-    p.add_argument("--head-outputs", choices=("shared", "per-depth"),
-                   help="the head's output convs: shared by every tower depth (default), or per-depth (one set for "
-                        "each head depth, so shallow subnets do not read through the deepest one's output convs)")
+    p.add_argument("--head-per-depth", choices=("none", "outputs", "all"),
+                   help="head weights of its own for each head depth: none (every depth shares them; default), "
+                        "outputs (one set of output convs per depth) or all (towers and output convs)")
     p.add_argument("--search-fraction", type=float, metavar="F",
                    help="fraction of the training images held out from supernet training as the search split, "
                         "on which subnets and search candidates are scored (default: 0.1)")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     values = resolve(args)
     options = {k: values[k] for k in (*TRAIN_OPTIONS, "strategy", "num_random", "search_fraction", "distill",
-                                            "head_outputs", "split_seed")}
+                                            "head_per_depth", "split_seed")}
     init = read_init_file(values["init"]) if values.get("init") else None
     summary = train_supernet(values["space"], values["data"], options=options, out=values.get("out"),
                              name=values.get("name"), resume=args.resume, init=init)

@@ -26,14 +26,14 @@ class PicoDet(nn.Module):
     strides = STRIDES
     reg_max = REG_MAX
 
-    def __init__(self, arch: Arch, num_classes: int = 80, layers: Layers = STATIC, depth_outputs: bool = False):
+    def __init__(self, arch: Arch, num_classes: int = 80, layers: Layers = STATIC, per_depth: str = "none"):
         super().__init__()
         self.arch = arch
         self.num_classes = num_classes
         self.backbone = ESNet(arch, layers)
         self.neck = CSPPAN(arch.stage_out_channels, arch.neck_channels, NECK_KERNEL, layers)
         self.head = PicoHead(arch.neck_channels, num_classes, arch.head_convs, HEAD_KERNEL, layers=layers,
-                             depth_outputs=depth_outputs)
+                             per_depth=per_depth)
 
     def set_active(self, arch: Arch) -> None:
         """Run the subnet `arch` (a network built of sliceable layers only)."""
