@@ -66,7 +66,7 @@ def main() -> None:
         for s in json.loads(path.read_text())["supernets"]:
             name = (f"{s['strategy']}{'' if not s.get('distill') else ' ' + format(s['distill'], 'g')}"
                     f"{'' if s.get('head_per_depth', 'none') == 'none' else ' per-depth ' + s['head_per_depth']}"
-                    f" e{s['epochs']}")
+                    f" e{s['epochs']}{' seed ' + str(s['seed']) if 'seed' in s else ''}")
             y = np.array([s["supernet_mAP"][str(r["index"])] for r in rows])
             result["fits"][name] = fit(x, y)
     print("design correlations above 0.5: " + ", ".join(

@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -150,10 +151,21 @@ def rejudge(paths: list[Path], result: dict, rows: list[dict], truth: dict[int, 
             result["supernets"].append({**{k: v for k, v in entry.items() if k not in (*judged, "head_outputs")},
                                         "head_per_depth": head_per_depth(entry),
                                         **judge(scores, truth, pairs, ceiling)})
+    groups: dict[str, list[float]] = {}
     for entry in result["supernets"]:
-        print(f"{entry['strategy']} distill {entry.get('distill', 0):g} {head_per_depth(entry)} "
-              f"e{entry['epochs']}: tau {entry['kendall_tau']:.3f} ({entry['share_of_seed_tau']:.2f} of the "
+        entry.setdefault("seed", 0)  # results written before supernet seeds were recorded: the data seed, 0
+        recipe = (f"{entry['strategy']} distill {entry.get('distill', 0):g} head-per-depth {entry['head_per_depth']} "
+                  f"e{entry['epochs']}")
+        groups.setdefault(recipe, []).append(entry["kendall_tau"])
+        print(f"{recipe} seed {entry['seed']}: tau {entry['kendall_tau']:.3f} ({entry['share_of_seed_tau']:.2f} of the "
               f"seed-to-seed {ceiling:.3f}), pairwise {entry['pairwise_accuracy']} over {len(pairs)} pairs")
+    result["recipes"] = {recipe: {"supernet_seeds": len(taus), "mean_tau": round(statistics.mean(taus), 4),
+                                  "min_tau": round(min(taus), 4), "max_tau": round(max(taus), 4),
+                                  "mean_share_of_seed_tau": round(statistics.mean(taus) / ceiling, 4)}
+                         for recipe, taus in groups.items()}
+    for recipe, g in result["recipes"].items():
+        print(f"{recipe}: mean tau {g['mean_tau']:.3f} over {g['supernet_seeds']} supernet seed(s) "
+              f"({g['min_tau']:.3f} to {g['max_tau']:.3f})")
     for name, v in result["proxies"].items():
         print(f"{name}: tau {v['kendall_tau']:.3f}, pairwise {v['pairwise_accuracy']}")
 
