@@ -12,7 +12,7 @@ input-size coefficient (one 32-pixel step = 1). The fit has
 correlations of the design are printed: read differences larger than the errors only.
 
     python benchmarks/gene_effects.py --ground-truth benchmarks/results/ground_truth.json \\
-        --rankings benchmarks/results/ranking_vs_ground_truth_partial.json --out benchmarks/results/gene_effects.json
+        --rankings benchmarks/results/ranking_vs_ground_truth.json --out benchmarks/results/gene_effects.json
 """
 
 from __future__ import annotations
