@@ -76,8 +76,8 @@ class EvolveScorer:
     ObjectRef to the numpy arrays in the object store (zero-copy) either way, but an actor with
     `max_restarts` whose constructor takes an object-store argument cannot be restarted once
     that object is evicted (Ray cannot re-fetch a constructor argument that is gone), and Ray
-    logs an error-level line for every such actor. The pool calls `setup` once per actor process, after creation and after
-    each restart, before the actor gets a candidate."""
+    logs an error-level line for every such actor. The pool calls `setup` once per actor
+    process, after creation and after each restart, before the actor gets a candidate."""
 
     def __init__(self, space_definition: Mapping[str, Any], num_classes: int, data: Mapping[str, Any], threads: int,
                  device: str = "cpu"):

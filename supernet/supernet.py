@@ -61,8 +61,9 @@ class Supernet(PicoDet):
         super().__init__(largest, num_classes, SLICEABLE, per_depth=per_depth)
         self.space = space
         self.per_depth = per_depth
-        # The static builder's initialisation; a strict load also proves the trees match (the
-        # per-depth parts, which the static network lacks, start as copies of its own).
+        # The static builder's initialisation; the load refuses any key the supernet lacks, so the
+        # trees must match (the per-depth parts, which the static network lacks, start as copies
+        # of its own).
         static = build_model(largest, num_classes).state_dict()
         copies = {}
         for depth in (d for d in space.choices.get("head_convs", ()) if d < largest.head_convs):
@@ -123,7 +124,7 @@ class Supernet(PicoDet):
         """The supernet state-dict key that the active subnet's `key` is sliced from."""
         for part in self._own_parts():
             if key.startswith(f"head.{part}."):
-                return f"head.shallow_{part}.{self.arch.head_convs}.{key[len(part) + 6:]}"
+                return f"head.shallow_{part}.{self.arch.head_convs}.{key.removeprefix(f'head.{part}.')}"
         return key
 
     def extract(self, arch: Arch) -> PicoDet:

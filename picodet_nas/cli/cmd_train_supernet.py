@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     values = resolve(args)
     options = {k: values[k] for k in (*TRAIN_OPTIONS, "strategy", "num_random", "search_fraction", "distill",
-                                            "head_per_depth", "split_seed")}
+                                      "head_per_depth", "split_seed")}
     init = read_init_file(values["init"]) if values.get("init") else None
     summary = train_supernet(values["space"], values["data"], options=options, out=values.get("out"),
                              name=values.get("name"), resume=args.resume, init=init)
