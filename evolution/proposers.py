@@ -75,11 +75,12 @@ class GAProposer:
     later generation takes the `parents` best candidates scored so far (all generations: the
     elite survives) and makes `mutations` mutants (a random parent, each gene redrawn with
     probability `mutation_prob`) and `crossovers` uniform crossovers of two distinct random
-    parents, then fills up to `population` with random feasible samples."""
+    parents, then fills up to `population` with random feasible samples. `seeds` (e.g. the space's
+    uniform-width networks) come first in generation 0, those that meet the budget."""
 
     def __init__(self, genomes: GenomeSpace, constraint: Constraint, *, population: int, parents: int,
                  mutations: int, crossovers: int, mutation_prob: float, seed: int,
-                 retry_factor: int = RETRY_FACTOR):
+                 retry_factor: int = RETRY_FACTOR, seeds: Sequence[Arch] = ()):
         self.genomes = genomes
         self.constraint = constraint
         self.sampler = FeasibleSampler(genomes, constraint)
@@ -90,10 +91,13 @@ class GAProposer:
         self.mutation_prob = mutation_prob
         self.seed = seed
         self.retry_factor = retry_factor
+        self.seeds = tuple(seeds)
 
     def propose(self, generation: int, earlier: Sequence[Scored]) -> Proposal:
         rng = generation_rng(self.seed, generation)
         build = _Builder(self.constraint, {r.key for r in earlier})
+        if generation == 0:
+            _offer_seeds(build, self.seeds, self.population)
         elite = [self.genomes.encode(r.arch) for r in top_k(earlier, self.parents)] if generation > 0 else []
         if elite:
             made = tries = 0
@@ -109,6 +113,13 @@ class GAProposer:
                 made += build.offer(self.genomes.decode(self.genomes.crossover(a, b, rng)), "crossover")
         _fill_random(build, self.sampler, rng, self.population)
         return build.proposal
+
+
+def _offer_seeds(build: _Builder, seeds: Sequence[Arch], population: int) -> None:
+    for arch in seeds:
+        if len(build.proposal) >= population:
+            return
+        build.offer(arch, "seed")
 
 
 def _fill_random(build: _Builder, sampler: FeasibleSampler, rng, population: int) -> None:
@@ -136,7 +147,7 @@ class NSGA2Proposer:
     """
 
     def __init__(self, genomes: GenomeSpace, constraint: Constraint, *, population: int, mutation_prob: float | None,
-                 seed: int, retry_factor: int = RETRY_FACTOR):
+                 seed: int, retry_factor: int = RETRY_FACTOR, seeds: Sequence[Arch] = ()):
         self.genomes = genomes
         self.constraint = constraint
         self.sampler = FeasibleSampler(genomes, constraint)
@@ -144,6 +155,7 @@ class NSGA2Proposer:
         self.mutation_prob = mutation_prob
         self.seed = seed
         self.retry_factor = retry_factor
+        self.seeds = tuple(seeds)
 
     def _replica(self, generation: int, earlier: Sequence[Scored]):
         optuna = load_optuna()
@@ -166,6 +178,8 @@ class NSGA2Proposer:
         optuna = load_optuna()
         study, dists = self._replica(generation, earlier)
         build = _Builder(self.constraint, {r.key for r in earlier})
+        if generation == 0:
+            _offer_seeds(build, self.seeds, self.population)
         asks = 0
         while len(build.proposal) < self.population and asks < self.retry_factor * self.population:
             asks += 1
@@ -206,10 +220,13 @@ def _pinned_sampler_class():
 
 
 def make_proposer(strategy: str, genomes: GenomeSpace, constraint: Constraint, *, population: int, parents: int,
-                  mutations: int, crossovers: int, mutation_prob: float, seed: int):
+                  mutations: int, crossovers: int, mutation_prob: float, seed: int, seeds: Sequence[Arch] = ()):
+    """The proposer of `strategy`; `seeds`: architectures generation 0 offers before its random
+    samples (those that meet the budget, at most `population`)."""
     if strategy == "ga":
         return GAProposer(genomes, constraint, population=population, parents=parents, mutations=mutations,
-                          crossovers=crossovers, mutation_prob=mutation_prob, seed=seed)
+                          crossovers=crossovers, mutation_prob=mutation_prob, seed=seed, seeds=seeds)
     if strategy == "nsga2":
-        return NSGA2Proposer(genomes, constraint, population=population, mutation_prob=mutation_prob, seed=seed)
+        return NSGA2Proposer(genomes, constraint, population=population, mutation_prob=mutation_prob, seed=seed,
+                             seeds=seeds)
     raise ValueError(f"unknown strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})")

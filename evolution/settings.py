@@ -22,7 +22,7 @@ from .proposers import STRATEGIES
 # candidates are proposed or how they score. The rest may differ (`--generations`, `--workers`,
 # `--address`, the batch size...).
 SEQUENCE_KEYS = ("strategy", "seed", "population", "parents", "mutations", "crossovers", "mutation_prob", "budget_ms",
-                 "supernet_sha256", "latency_table_sha256", "data", "calib_images", "val_images", "data_seed",
+                 "seed_uniform", "supernet_sha256", "latency_table_sha256", "data", "calib_images", "val_images", "data_seed",
                  "study_name")
 # How a resume refusal names the sequence keys that are no flag of their own.
 _RESUME_LABELS = {"budget_ms": "the latency budget (ms)", "supernet_sha256": "the --supernet file's SHA-256",
@@ -43,6 +43,7 @@ class EvolveConfig:
     mutations: int = 25
     crossovers: int = 25
     mutation_prob: float = 0.1
+    seed_uniform: bool = True  # generation 0 starts from the uniform-width networks that meet the budget
     generations: int = 20
     seed: int = 0
     workers: int | None = None  # None: one per CPU of the Ray instance; 0: in this process

@@ -244,6 +244,29 @@ def test_proposals_are_feasible_new_and_a_function_of_seed_and_generation(predic
         assert first.counts() == {"mutation": 5, "crossover": 5}
 
 
+@pytest.mark.parametrize("strategy", ["ga", "nsga2"])
+def test_generation_0_starts_from_the_seeds_that_meet_the_budget(predictor, strategy):
+    """The uniform-width networks (`--seed-uniform`, the default) come first in generation 0, those
+    within the budget only and at most `population` of them; later generations do not repeat them."""
+    from evolution.proposers import make_proposer
+    from evolution.search import reference_archs
+
+    genomes = GenomeSpace(predictor.space, predictor.input_sizes)
+    seeds = reference_archs(genomes)
+    latencies = sorted(predictor.predict(a) for a in seeds)
+    budget = (latencies[1] + latencies[2]) / 2  # two of them meet it
+    constraint = Constraint(predictor, budget)
+    make = lambda population, given: make_proposer(strategy, genomes, constraint, population=population, parents=2,  # noqa: E731
+                                                   mutations=2, crossovers=2, mutation_prob=0.1, seed=0, seeds=given)
+    first = make(6, seeds).propose(0, [])
+    fitting = [a for a in seeds if predictor.predict(a) <= budget]
+    assert len(fitting) == 2 and first.archs[:2] == fitting and first.origins[:2] == ["seed", "seed"]
+    assert first.counts()["seed"] == 2 and len(first) == 6 and all(constraint.feasible(a) for a in first.archs)
+    assert make(1, seeds).propose(0, []).archs == fitting[:1]  # never more than the population
+    assert "seed" not in make(6, ()).propose(0, []).counts()  # --no-seed-uniform: all random
+    assert "seed" not in make(6, seeds).propose(1, fake_history(genomes, constraint, 4)).counts()
+
+
 def test_a_tight_budget_still_gives_feasible_samples(predictor):
     """Just above the fastest subnet, uniform draws are almost never feasible: the repair walk
     toward the fastest subnet must still deliver distinct feasible architectures."""
