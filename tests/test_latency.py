@@ -397,3 +397,49 @@ def test_profile_progress_is_one_line_per_stage_when_stderr_is_no_terminal(capsy
         for done in range(total + 1):
             bars(stage, done, total)
     assert capsys.readouterr().err.splitlines() == ["export: 3/3 done", "time parts: 2/2 done"]
+
+
+# ---------------------------------------------------------------------------- pinning to a core
+needs_affinity = pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"),
+                                    reason="this OS cannot pin a process to a core")
+
+
+@needs_affinity
+def test_timing_pinned_to_one_core_runs_there_and_restores_the_affinity(tiny_space):
+    """`--pin-core N`: the table records the core, every timing ran on it alone, and the process
+    gets its old affinity back; `auto` picks one of the allowed cores."""
+    import os
+
+    from picodet_nas.latency.timing import pinned, quietest_core
+
+    allowed = os.sched_getaffinity(0)
+    core = max(allowed)
+    seen = []
+    with pinned(core):
+        seen.append(os.sched_getaffinity(0))
+    assert seen == [{core}] and os.sched_getaffinity(0) == allowed
+    assert quietest_core(allowed, interval=0.05) in allowed
+    t = profile_device(tiny_space, input_sizes=[64], repeats=2, warmup=0, burst=1, calibrate=0, validate=0,
+                       num_classes=4, pin_core=str(core))
+    assert t["meta"]["pin_core"] == str(core) and t["meta"]["pinned_core"] == core
+    assert os.sched_getaffinity(0) == allowed
+    auto = profile_device(tiny_space, input_sizes=[64], repeats=2, warmup=0, burst=1, calibrate=0, validate=0,
+                          num_classes=4, pin_core="auto")
+    assert auto["meta"]["pinned_core"] in allowed
+    unpinned = profile_device(tiny_space, backend="torch", input_sizes=[64], repeats=2, warmup=0, burst=1,
+                              calibrate=0, validate=0, num_classes=4)
+    assert unpinned["meta"]["pin_core"] is None and unpinned["meta"]["pinned_core"] is None
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--pin-core", "fast"], "--pin-core fast: expected auto, off or a core number"),
+    (["--pin-core", "0", "--threads", "2"], "pinning to one core needs threads = 1"),
+    (["--pin-core", "4096"], "core 4096 is not one this process may run on"),
+])
+def test_bad_pin_core_is_one_line(tiny_space_file, tmp_path, capsys, extra, needle):
+    if "4096" in extra and not hasattr(__import__("os"), "sched_getaffinity"):
+        pytest.skip("this OS reports no allowed cores")
+    assert main(["profile-device", "--space", str(tiny_space_file), "--input-size", "64", *FAST, *extra,
+                 "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and not (tmp_path / "x.json").exists()

@@ -54,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--spinning", choices=("auto", "on", "off"), default="auto",
                    help="ORT thread-pool spinning (default auto: off with more than one thread, where it "
                         "turns background load into outliers)")
+    p.add_argument("--pin-core", metavar="auto|N|off", default=None,
+                   help="time on one core: auto (the idlest when profiling starts), a core number, or off "
+                        "(default: off; --threads 1 only). The measured latencies of nas retrain follow the table")
     p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
                    help="onnxruntime (default) or torch (eager PyTorch, torch.set_num_threads(T))")
     p.add_argument("--device-name", help="device name in the table and its default file name (default: host name)")
@@ -71,7 +74,8 @@ def plan_settings(values: dict) -> dict:
                 warmup=values["warmup"], burst=values["burst"], calibrate=values["calibrate"],
                 validate=values["validate"], num_classes=values["num_classes"],
                 statistic=values["statistic"] or "median", clock=values["clock"],
-                allow_spinning={"auto": None, "on": True, "off": False}[values["spinning"]], seed=values["seed"])
+                allow_spinning={"auto": None, "on": True, "off": False}[values["spinning"]],
+                pin_core=values.get("pin_core"), seed=values["seed"])
 
 
 class _ProgressBars:

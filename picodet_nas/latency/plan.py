@@ -116,8 +116,8 @@ def timing_settings(**overrides: Any) -> dict:
     s = {"threads": run_bundle.DEFAULT_THREADS, "repeats": run_bundle.DEFAULT_REPEATS,
          "warmup": run_bundle.DEFAULT_WARMUP, "burst": run_bundle.DEFAULT_BURST, "clock": "wall",
          "max_loaded": run_bundle.DEFAULT_MAX_LOADED, "spread_limit": run_bundle.DEFAULT_SPREAD_LIMIT,
-         "max_remeasure": run_bundle.DEFAULT_MAX_REMEASURE, "allow_spinning": None, "statistic": "median",
-         "seed": 0}
+         "max_remeasure": run_bundle.DEFAULT_MAX_REMEASURE, "allow_spinning": None, "pin_core": None,
+         "statistic": "median", "seed": 0}
     s.update({k: v for k, v in overrides.items() if v is not None})
     return s
 

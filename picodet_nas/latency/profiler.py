@@ -29,7 +29,7 @@ from . import run_bundle
 from .plan import build_module, export_model, make_plan, timing_settings
 from .results import build_table
 from .table import check_statistic
-from .timing import Progress, check_clock, measure
+from .timing import Progress, check_clock, check_pin, measure, pinned, resolve_pin
 
 BACKENDS = ("onnxruntime", "torch")
 
@@ -70,9 +70,10 @@ def time_torch(manifest: dict, *, device_name: str | None = None, progress: Prog
 
     s = dict(manifest["settings"])
     check_clock(s["clock"], int(s["threads"]))
+    s["pinned_core"] = resolve_pin(s.get("pin_core"), int(s["threads"]))
     started = time.time()
     timings: dict[str, dict] = {}
-    with torch_threads(s["threads"]):
+    with torch_threads(s["threads"]), pinned(s["pinned_core"]):
         torch.manual_seed(int(s.get("seed", 0)))
         for group, names in run_bundle.model_groups(manifest).items():
             fns = {}
@@ -96,7 +97,7 @@ def plan_for(space: SearchSpace, *, input_sizes=None, threads: int = run_bundle.
              repeats: int = run_bundle.DEFAULT_REPEATS, warmup: int = run_bundle.DEFAULT_WARMUP,
              burst: int = run_bundle.DEFAULT_BURST, calibrate: int = 30, validate: int = 30,
              num_classes: int = 80, statistic: str = "median", clock: str = "wall",
-             allow_spinning: bool | None = None, seed: int = 0) -> dict:
+             allow_spinning: bool | None = None, pin_core: int | str | None = None, seed: int = 0) -> dict:
     """The manifest with the profiling settings folded in (argument checks included)."""
     for flag, value, low in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
                              ("burst", burst, 1), ("calibrate", calibrate, 0), ("validate", validate, 0),
@@ -108,8 +109,12 @@ def plan_for(space: SearchSpace, *, input_sizes=None, threads: int = run_bundle.
         check_clock(clock, threads)
     except ValueError as e:
         raise LatencyTableError(f"--clock {clock}: {e}") from None
+    try:
+        check_pin(pin_core, threads)
+    except ValueError as e:
+        raise LatencyTableError(f"--pin-core {pin_core}: {e}") from None
     settings = {"threads": threads, "repeats": repeats, "warmup": warmup, "burst": burst, "clock": clock,
-                "allow_spinning": allow_spinning, "statistic": statistic, "seed": seed}
+                "allow_spinning": allow_spinning, "pin_core": pin_core, "statistic": statistic, "seed": seed}
     return make_plan(space, input_sizes=input_sizes, num_classes=num_classes, calibrate=calibrate,
                      validate=validate, seed=seed, settings=settings)
 
@@ -136,7 +141,7 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
                     repeats: int = run_bundle.DEFAULT_REPEATS, warmup: int = run_bundle.DEFAULT_WARMUP,
                     burst: int = run_bundle.DEFAULT_BURST, statistic: str = "median", clock: str = "wall",
                     allow_spinning: bool | None = None, spread_limit: float | None = None,
-                    max_remeasure: int | None = None, seed: int = 0) -> dict:
+                    max_remeasure: int | None = None, pin_core: int | str | None = None, seed: int = 0) -> dict:
     """Measured whole-network latency of `arch` on this machine, timed exactly as a table's
     validation subnets are (deployed form, ONNX Runtime, batch 1); for `measured_latency_ms`.
     `table_timing(table)` gives the arguments that repeat a given table's measurement.
@@ -149,7 +154,7 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
     manifest = {"num_classes": num_classes, "models": {"whole": spec},
                 "settings": timing_settings(threads=threads, repeats=repeats, warmup=warmup, burst=burst,
                                             clock=clock, allow_spinning=allow_spinning, spread_limit=spread_limit,
-                                            max_remeasure=max_remeasure, seed=seed)}
+                                            max_remeasure=max_remeasure, pin_core=pin_core, seed=seed)}
     with tempfile.TemporaryDirectory(prefix="nas-measure-") as d:
         export_models(manifest, Path(d))
         results = run_bundle.run_bundle(d, manifest)
@@ -170,6 +175,7 @@ def table_timing(table: dict) -> dict[str, Any]:
     out["allow_spinning"] = meta.get("allow_spinning")
     out["spread_limit"] = meta.get("spread_limit")
     out["max_remeasure"] = meta.get("max_remeasure")
+    out["pin_core"] = meta.get("pin_core")
     return out
 
 

@@ -55,6 +55,8 @@ def build_table(results: dict, *, name: str | None = None, statistic: str | None
         "threads": int(s["threads"]),
         "inter_op_threads": 1 if backend == "onnxruntime" else None,
         "allow_spinning": s.get("allow_spinning"),
+        "pin_core": s.get("pin_core"),  # asked for: None, "auto" or a core
+        "pinned_core": s.get("pinned_core"),  # where the timing ran (None: unpinned)
         "graph_optimization": "ORT_ENABLE_ALL" if backend == "onnxruntime" else None,
         "execution_mode": "sequential",
         "batch": 1,

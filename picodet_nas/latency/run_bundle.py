@@ -24,7 +24,8 @@ How models are timed:
   background activity into 20-30% outliers.
 * Each group of models (parts, whole networks) is timed by `timing.measure`: warm-up calls,
   then interleaved round-robin rounds of untimed + `burst` timed calls, on the wall clock
-  or the calling thread's CPU time, median and spread, wide models re-measured.
+  or the calling thread's CPU time, median and spread, wide models re-measured; with
+  `pin_core` (1 thread) on one core for the whole measurement.
 * The bundle ships its models without weights: each model's float weights live in an
   ONNX external-data file that this runner writes with random values (scaled by fan-in)
   before loading. Weight values do not change the cost of dense kernels, and the bundle
@@ -50,10 +51,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 if __package__:
-    from .timing import CLOCKS, Progress, check_clock, measure
+    from .timing import CLOCKS, Progress, check_clock, measure, pinned, resolve_pin
 else:  # run as a script (on the device): the bundle's copy of timing.py lies beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from timing import CLOCKS, Progress, check_clock, measure
+    from timing import CLOCKS, Progress, check_clock, measure, pinned, resolve_pin
 
 RUNNER_VERSION = 1
 MANIFEST = "manifest.json"
@@ -171,7 +172,7 @@ def load_manifest(bundle_dir: Path) -> dict:
 
 
 SETTINGS = ("threads", "repeats", "warmup", "burst", "clock", "max_loaded", "spread_limit", "max_remeasure",
-            "allow_spinning")
+            "allow_spinning", "pin_core")
 
 
 def run_bundle(bundle_dir: "str | Path", manifest: Optional[dict] = None, *, device_name: Optional[str] = None,
@@ -194,9 +195,18 @@ def run_bundle(bundle_dir: "str | Path", manifest: Optional[dict] = None, *, dev
     s["allow_spinning"] = resolve_spinning(s["threads"], s.get("allow_spinning"))
     s.setdefault("clock", "wall")
     check_clock(s["clock"], int(s["threads"]))
+    s["pinned_core"] = resolve_pin(s.get("pin_core"), int(s["threads"]))
     started = time.time()
     rng = np.random.default_rng(int(s.get("seed", 0)))
     timings: Dict[str, dict] = {}
+    with pinned(s["pinned_core"]):
+        _time_groups(bundle_dir, manifest, s, rng, timings, progress)
+    return results_document(manifest, s, timings, started, backend="onnxruntime", backend_version=ort_version(),
+                            execution_provider="CPUExecutionProvider", device_name=device_name)
+
+
+def _time_groups(bundle_dir: Path, manifest: dict, s: dict, rng, timings: Dict[str, dict],
+                 progress: Progress) -> None:
     chunk = int(s.get("max_loaded") or DEFAULT_MAX_LOADED)
     for group, names in model_groups(manifest).items():
         chunks = [names[i:i + chunk] for i in range(0, len(names), chunk)]
@@ -212,8 +222,6 @@ def run_bundle(bundle_dir: "str | Path", manifest: Optional[dict] = None, *, dev
             timings.update(measure(fns, s, progress, stage))
             del fns
             gc.collect()
-    return results_document(manifest, s, timings, started, backend="onnxruntime", backend_version=ort_version(),
-                            execution_provider="CPUExecutionProvider", device_name=device_name)
 
 
 def model_groups(manifest: dict) -> Dict[str, List[str]]:
@@ -259,6 +267,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmup", type=int, help="untimed warm-up calls per model (default: the bundle's setting)")
     p.add_argument("--clock", choices=CLOCKS, help="wall, or cpu (the calling thread's CPU time: steadier on a "
                                                    "busy device, 1 thread only) (default: the bundle's setting)")
+    p.add_argument("--pin-core", help="run on one core while timing: auto (the idlest), a core number, or off "
+                                      "(default: the bundle's setting; 1 thread only)")
     p.add_argument("--max-loaded", type=int, help=f"ONNX Runtime sessions held at once (default: "
                                                   f"{DEFAULT_MAX_LOADED}; lower it on a board with little memory)")
     p.add_argument("--device-name", help="name of this device in the table (default: the host name)")
@@ -276,7 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         results = run_bundle(args.bundle_dir, manifest, threads=args.threads, repeats=args.repeats,
                              warmup=args.warmup, clock=args.clock, max_loaded=args.max_loaded,
-                             device_name=args.device_name,
+                             pin_core=args.pin_core, device_name=args.device_name,
                              progress=_print_progress)
     except ValueError as e:
         print(f"run_bundle: error: {e}", file=sys.stderr)

@@ -16,6 +16,11 @@ Like `run_bundle.py`, this file runs on the device being profiled, so it needs o
   calling thread, which leaves out the time other processes held the core: on a shared
   machine wall-clock medians of whole networks jumped by 50% between runs while the thread
   CPU time stayed within 3%.
+* `pin_core` (one thread only): the process runs on one core while it times, a given one or
+  ("auto") the allowed core that was idlest over a quarter of a second (Linux `/proc/stat`),
+  so the OS neither migrates the timing thread between cores mid-call nor puts it where a
+  known load runs; the affinity is restored afterwards. Where the OS cannot pin
+  (`os.sched_setaffinity` missing) timing runs unpinned and the results say so.
 * The figure is the median; p10/p25/p75/p90 are recorded. A function whose spread
   ((p90 - p10) / median) exceeds `spread_limit` gets more rounds, interleaved again with the
   other wide ones (at most `max_remeasure` times), and its median is taken over all its samples.
@@ -23,7 +28,9 @@ Like `run_bundle.py`, this file runs on the device being profiled, so it needs o
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import random
 import time
 from typing import Callable, Dict, List, Mapping, Optional
@@ -33,6 +40,74 @@ import numpy as np
 CLOCKS = ("wall", "cpu")
 
 Progress = Optional[Callable[[str, int, int], None]]  # progress(stage, rounds done, rounds)
+
+
+def _busy_ticks() -> Dict[int, "tuple[int, int]"]:
+    """Per core (busy, total) jiffies since boot, from /proc/stat (empty where there is none)."""
+    out: Dict[int, "tuple[int, int]"] = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    ticks = [int(x) for x in fields]
+                    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+                    out[int(name[3:])] = (sum(ticks) - idle, sum(ticks))
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def quietest_core(allowed: "set[int]", interval: float = 0.25) -> int:
+    """The core of `allowed` that was busiest least over `interval` seconds; the lowest-numbered
+    one where per-core load cannot be read."""
+    before = _busy_ticks()
+    time.sleep(interval)
+    after = _busy_ticks()
+    loads = {}
+    for c in allowed:
+        if c in before and c in after and after[c][1] > before[c][1]:
+            loads[c] = (after[c][0] - before[c][0]) / (after[c][1] - before[c][1])
+    return min(loads, key=lambda c: (loads[c], c)) if loads else min(allowed)
+
+
+def check_pin(pin_core, threads: int) -> None:
+    """`pin_core` is None/"off", "auto" or a core number this process may run on, with one thread."""
+    if pin_core in (None, "off"):
+        return
+    if threads != 1:
+        raise ValueError(f"pinning to one core needs threads = 1, got {threads}")
+    if pin_core == "auto":
+        return
+    try:
+        core = int(pin_core)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected auto, off or a core number, got {pin_core!r}") from None
+    if hasattr(os, "sched_getaffinity") and core not in os.sched_getaffinity(0):
+        raise ValueError(f"core {core} is not one this process may run on ({sorted(os.sched_getaffinity(0))})")
+
+
+def resolve_pin(pin_core, threads: int) -> Optional[int]:
+    """The core to pin to (None: no pinning) for a checked `pin_core` (see `check_pin`); where
+    the OS cannot pin, None (timed unpinned, recorded as pinned_core None)."""
+    check_pin(pin_core, threads)
+    if pin_core in (None, "off") or not hasattr(os, "sched_setaffinity"):
+        return None
+    return quietest_core(os.sched_getaffinity(0)) if pin_core == "auto" else int(pin_core)
+
+
+@contextlib.contextmanager
+def pinned(core: Optional[int]):
+    """Run the block on `core` alone (None: as the OS pleases); the old affinity comes back."""
+    if core is None:
+        yield
+        return
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
 
 
 def summarize(samples_ms: List[float]) -> Dict[str, float]:
