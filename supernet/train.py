@@ -53,7 +53,7 @@ DEFAULT_STRATEGY = "uniform"
 DEFAULT_NUM_RANDOM = 2
 HEAD_PER_DEPTH = ("none", "outputs", "all")
 SUPERNET_OPTIONS = ("strategy", "num_random", "search_fraction", "head_per_depth", "split_seed")
-DEFAULT_HEAD_PER_DEPTH = "none"
+DEFAULT_HEAD_PER_DEPTH = "outputs"
 LANDMARKS = ("largest", "smallest")
 
 

@@ -28,8 +28,9 @@ def register(sub) -> None:
                    help="sandwich only: in-place distillation, the largest subnet of each step teaches the others its "
                         "class scores and box distributions, with weight W beside the detection loss (default: 0)")
     p.add_argument("--head-per-depth", choices=("none", "outputs", "all"),
-                   help="head weights of its own for each head depth: none (every depth shares them; default), "
-                        "outputs (one set of output convs per depth) or all (towers and output convs)")
+                   help="head weights of its own for each head depth: none (every depth shares them), outputs (one "
+                        "set of output convs per depth; default: it ranks better, README 'Supernet ranking') or all "
+                        "(towers and output convs)")
     p.add_argument("--search-fraction", type=float, metavar="F",
                    help="fraction of the training images held out from supernet training as the search split, "
                         "on which subnets and search candidates are scored (default: 0.1)")
