@@ -34,7 +34,7 @@ def test_shipped_config_loads_and_override_merges(tmp_path):
     assert merged.seed == 3 and merged.supernet["epochs"] == 2
     assert merged.supernet["batch_size"] == shipped.supernet["batch_size"]  # the rest of the section stays
     assert merged.budget == {"fraction": 0.4, "ms": 2.5}
-    assert merged.supernet["strategy"] == "sandwich" and merged.supernet["amp"] is None  # every option, resolved
+    assert merged.supernet["strategy"] == "uniform" and merged.supernet["amp"] is None  # every option, resolved
     flagged = load_config(tmp_path / "o.yaml", {"seed": 5, "budget": {"ms": 1.5, "fraction": None}})
     assert flagged.seed == 5 and flagged.budget == {"fraction": 0.4, "ms": 1.5}  # flags over both files
     assert merged.sources[-1] == str(tmp_path / "o.yaml")
@@ -170,3 +170,29 @@ def test_quickstart_end_to_end_on_a_tiny_config(tmp_path):
     assert load_json(run / "compare" / "metrics.json")["coco"] == compared["coco"]
     assert "## Searched vs uniform width" in report and compared["label"] in report
     assert "retrained alike: mAP" in r.stdout
+    # the Pareto check: the chosen subnet's supernet score against the uniform references near it
+    check = summary["evolve"]["pareto_check"]
+    assert check["winner_map"] == pytest.approx(best["scores"]["map"]) and isinstance(check["winner_above_all"], bool)
+    assert "Uniform-width references within 15%" in report or "No uniform-width reference lies within" in report
+
+
+def test_pareto_check_compares_the_chosen_subnet_with_uniform_references_near_it(tmp_path):
+    """A hand-made pareto.csv: the references within 15% of the chosen subnet's predicted latency
+    (slower ones too) are compared with it; references further away are not."""
+    from picodet_nas.cli.quickstart_pipeline import comparison_reference, pareto_check
+    from picodet_nas.space import load_space
+
+    space = load_space("quickstart")
+    u = {(r, size): space.uniform(r).replace(input_size=size).key() for r in (0.5, 1.0) for size in (160, 224)}
+    head = "role,generation,order,origin,map,map50,predicted_latency_ms,params,flops,on_front,chosen,worker,attempts,trial,arch_key"
+    rows = [("candidate", 0.30, 2.00, 1, "s0.5|mine"), ("candidate", 0.40, 2.60, 0, "s0.5|other"),
+            ("reference", 0.25, 1.90, 0, u[0.5, 160]), ("reference", 0.29, 2.25, 0, u[1.0, 160]),
+            ("reference", 0.50, 2.40, 0, u[0.5, 224]), ("reference", 0.60, 3.00, 0, u[1.0, 224])]
+    csv = tmp_path / "pareto.csv"
+    csv.write_text(head + "\n" + "\n".join(f'{role},0,0,random,{m},0,{ms},1,1,0,{c},w,1,0,"{key}"'
+                                           for role, m, ms, c, key in rows) + "\n")
+    check = pareto_check(space, csv)
+    assert [r["label"] for r in check["references"]] == ["uniform 0.5 at 160 px", "uniform 1 at 160 px"]
+    assert check["winner_map"] == 0.30 and check["winner_above_all"] is True
+    assert comparison_reference(space, csv, 2.00)["label"] == "uniform 1 at 160 px"  # the best of the near ones
+    assert pareto_check(space, csv, tolerance=0.25)["winner_above_all"] is False  # 2.40 ms at 0.50 is near now

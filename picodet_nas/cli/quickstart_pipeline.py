@@ -176,6 +176,8 @@ def _pipeline(cfg: QuickstartConfig, run_dir: Path, log: logging.Logger, compare
     summary["evolve"] = {"best_yaml": str(best_yaml.relative_to(run_dir)), "pareto": "evolve/pareto.png",
                          "candidates": result.candidates, "generations": result.generations,
                          "arch": best_doc["arch"], "scores": best_doc["scores"]}
+    if (result.run_dir / "pareto.csv").is_file() and cfg.evolve.get("references", True) is not False:
+        summary["evolve"]["pareto_check"] = pareto_check(space, result.run_dir / "pareto.csv")
 
     retrain_options = {**{k: v for k, v in cfg.retrain.items() if k != "init"}, "seed": seed}
     init_kind = cfg.retrain["init"] or "scratch"
@@ -210,20 +212,49 @@ def _pipeline(cfg: QuickstartConfig, run_dir: Path, log: logging.Logger, compare
     return summary
 
 
-def comparison_reference(space, pareto_csv: Path, latency_ms: float, tolerance: float = 0.15) -> dict[str, Any]:
-    """The uniform-width reference the search's winner is compared with: among the references of
-    the search (pareto.csv) within `tolerance` of its predicted latency, the one the supernet
-    scored highest; the nearest in latency when none is that close."""
+def uniform_references(space, pareto_csv: Path) -> list[dict[str, Any]]:
+    """The uniform-width references the search scored (pareto.csv rows of role 'reference'; every
+    uniform width at every input size of the space): arch, supernet mAP, predicted latency, label."""
     import csv
 
     by_key = {a.replace(input_size=size).key(): a.replace(input_size=size)
               for a in space.uniform_archs() for size in space.input_sizes}
-    refs = [r for r in csv.DictReader(pareto_csv.open()) if r["role"] == "reference" and r["arch_key"] in by_key]
+    refs = []
+    for r in csv.DictReader(pareto_csv.open()):
+        if r["role"] == "reference" and r["arch_key"] in by_key:
+            arch = by_key[r["arch_key"]]
+            refs.append({"arch": arch, "map": float(r["map"]), "latency_ms": float(r["predicted_latency_ms"]),
+                         "label": f"uniform {arch.channel_ratio[0]:g} at {arch.input_size} px"})
     if not refs:
         raise UserError(f"{pareto_csv}: the search scored no uniform-width reference to compare with")
-    near = [r for r in refs if abs(float(r["predicted_latency_ms"]) - latency_ms) <= tolerance * latency_ms]
-    pick = (max(near, key=lambda r: float(r["map"])) if near
-            else min(refs, key=lambda r: abs(float(r["predicted_latency_ms"]) - latency_ms)))
-    arch = by_key[pick["arch_key"]]
-    return {"arch": arch, "map": float(pick["map"]), "latency_ms": float(pick["predicted_latency_ms"]),
-            "label": f"uniform {arch.channel_ratio[0]:g} at {arch.input_size} px"}
+    return refs
+
+
+def near(refs: list[dict[str, Any]], latency_ms: float, tolerance: float = 0.15) -> list[dict[str, Any]]:
+    """The references within `tolerance` (relative) of `latency_ms`, predicted."""
+    return [r for r in refs if abs(r["latency_ms"] - latency_ms) <= tolerance * latency_ms]
+
+
+def pareto_check(space, pareto_csv: Path, tolerance: float = 0.15) -> dict[str, Any]:
+    """Does the supernet score the chosen subnet above every uniform-width reference within
+    `tolerance` of its predicted latency (slower ones included)? The search's own claim on its
+    Pareto plot, from pareto.csv's scores (all of one scoring: the same images, the same BN)."""
+    import csv
+
+    chosen = next(r for r in csv.DictReader(pareto_csv.open()) if r["chosen"] == "1")
+    winner_map, latency = float(chosen["map"]), float(chosen["predicted_latency_ms"])
+    close = near(uniform_references(space, pareto_csv), latency, tolerance)
+    return {"tolerance": tolerance, "winner_map": winner_map, "winner_predicted_latency_ms": latency,
+            "references": [{"label": r["label"], "map": r["map"], "predicted_latency_ms": r["latency_ms"]}
+                           for r in sorted(close, key=lambda r: r["latency_ms"])],
+            "winner_above_all": all(winner_map > r["map"] for r in close)}
+
+
+def comparison_reference(space, pareto_csv: Path, latency_ms: float, tolerance: float = 0.15) -> dict[str, Any]:
+    """The uniform-width reference the search's winner is compared with: among the references of
+    the search (pareto.csv) within `tolerance` of its predicted latency, the one the supernet
+    scored highest; the nearest in latency when none is that close."""
+    refs = uniform_references(space, pareto_csv)
+    close = near(refs, latency_ms, tolerance)
+    return (max(close, key=lambda r: r["map"]) if close
+            else min(refs, key=lambda r: abs(r["latency_ms"] - latency_ms)))

@@ -54,6 +54,19 @@ def plot_supernet_curves(metrics_csv: Path, png: Path) -> Path:
 
 
 # ---- the report ----------------------------------------------------------------------------
+def _pareto_check_lines(check: Mapping[str, Any] | None) -> list[str]:
+    """The chosen subnet's supernet score against the uniform-width references near its latency."""
+    if not check:
+        return []
+    if not check["references"]:
+        return [f"No uniform-width reference lies within {check['tolerance']:.0%} of the chosen subnet's predicted "
+                "latency.", ""]
+    refs = ", ".join(f"{r['label']} {r['map']:.4f} ({r['predicted_latency_ms']:.3f} ms)" for r in check["references"])
+    verdict = "above every one" if check["winner_above_all"] else "**not** above every one"
+    return [f"Uniform-width references within {check['tolerance']:.0%} of its predicted latency, as the supernet "
+            f"scores them: {refs}. The chosen subnet's {check['winner_map']:.4f} is {verdict}.", ""]
+
+
 def _comparison_lines(s: Mapping[str, Any]) -> list[str]:
     """`--compare`: the winner and the uniform-width reference, retrained alike, side by side."""
     if "compare" not in s:
@@ -136,6 +149,7 @@ def write_report(path: Path, s: Mapping[str, Any]) -> Path:
         "",
         f"![Pareto front]({evo['pareto']})",
         "",
+        *_pareto_check_lines(evo.get("pareto_check")),
         "Chosen architecture: " + ", ".join(f"{k} `{v}`" for k, v in evo["arch"].items()) + ".",
         "",
         "## Final model",
