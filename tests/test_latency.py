@@ -443,3 +443,21 @@ def test_bad_pin_core_is_one_line(tiny_space_file, tmp_path, capsys, extra, need
                  "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err and not (tmp_path / "x.json").exists()
+
+
+def test_a_table_too_noisy_for_the_asked_accuracy_says_so(tiny_space_file, tmp_path, capsys):
+    """Above --target-mape the table is written, marked too noisy, and one warning line says so."""
+    out = tmp_path / "noisy.json"
+    assert main(["profile-device", "--space", str(tiny_space_file), "--input-size", "64", *FAST,
+                 "--target-mape", "0.000001", "--out", str(out)]) == 0
+    val = load_table(out)["validation"]
+    assert val["target_mape"] == 0.000001 and val["too_noisy"] is True
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "too noisy for the asked accuracy" in warning[0]
+    assert main(["profile-device", "--space", str(tiny_space_file), "--input-size", "64", *FAST,
+                 "--target-mape", "0.99", "--out", str(tmp_path / "fine.json")]) == 0
+    assert load_table(tmp_path / "fine.json")["validation"]["too_noisy"] is False
+    assert "warning" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["profile-device", "--space", str(tiny_space_file), "--target-mape", "2"])
+    assert e.value.code == 2 and "expected a fraction in (0, 1)" in capsys.readouterr().err

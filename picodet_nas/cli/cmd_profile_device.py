@@ -54,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--spinning", choices=("auto", "on", "off"), default="auto",
                    help="ORT thread-pool spinning (default auto: off with more than one thread, where it "
                         "turns background load into outliers)")
+    p.add_argument("--target-mape", type=_fraction, default=0.02, metavar="F",
+                   help="the validation MAPE asked for, as a fraction (default: 0.02); above it the table is marked "
+                        "too noisy and a warning says so")
     p.add_argument("--pin-core", metavar="auto|N|off", default=None,
                    help="time on one core: auto (the idlest when profiling starts), a core number, or off "
                         "(default: off; --threads 1 only). The measured latencies of nas retrain follow the table")
@@ -66,6 +69,16 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration/validation subnets (default: 0)")
     add_config_flags(p, "profile", shared=("seed", "space"), exclude=("bundle", "import_path", "force"))
     p.set_defaults(handler=run)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.02, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value
 
 
 def plan_settings(values: dict) -> dict:
@@ -155,8 +168,17 @@ def run(args: argparse.Namespace) -> int:
         table = profile_device(space, backend=values["backend"], device_name=values["device_name"], name=name,
                                progress=progress, **plan_kwargs)
     progress.close()
+    val = table["validation"]
+    if val["subnets"] and val["mape"] is not None:
+        target = values["target_mape"]
+        val["target_mape"], val["too_noisy"] = target, bool(val["mape"] > target)
     path, png = write_table(table, out)
     print(_report(table, path, png))
+    if val.get("too_noisy"):
+        print(f"nas profile-device: warning: the machine was too noisy for the asked accuracy: validation MAPE "
+              f"{100 * val['mape']:.1f}% > --target-mape {100 * val['target_mape']:.1f}% (measurement noise "
+              f"{100 * val['noise']:.0f}%); the table says so (validation.too_noisy). Profile again with nothing "
+              "else running, or with --clock cpu / --pin-core auto", file=sys.stderr)
     return 0
 
 
