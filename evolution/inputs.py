@@ -29,12 +29,17 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_inputs(supernet: str, latency_table: str, latency_budget: str) -> tuple[float, LatencyPredictor, dict, dict]:
+def load_inputs(supernet: str, latency_table: str, latency_budget: str,
+                precision: str = "fp32") -> tuple[float, LatencyPredictor, dict, dict]:
     """(budget ms, predictor, supernet weights, supernet meta): an unparseable budget, an
-    unreadable table, a budget below the fastest subnet, an unreadable or foreign supernet are
-    each a one-line error."""
+    unreadable table, a table of another precision than the search's, a budget below the
+    fastest subnet, an unreadable or foreign supernet are each a one-line error."""
     budget_ms = parse_budget(latency_budget)
     predictor = LatencyPredictor.from_file(latency_table)
+    if predictor.precision != precision:
+        raise UserError(f"{latency_table} times {predictor.precision} models but the search is for {precision} "
+                        f"deployment (--precision {precision}): profile the device with --precision {precision}, "
+                        f"or search with --precision {predictor.precision}")
     fastest = predictor.fastest_ms
     if budget_ms < fastest:
         raise UserError(f"latency budget {format_ms(budget_ms)} ms is below the fastest subnet of space "

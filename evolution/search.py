@@ -78,7 +78,8 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
     started = time.perf_counter()
     check_settings(cfg)
     device, gpus = scoring_device(cfg)  # a device that cannot work fails here, before any input is read
-    budget_ms, predictor, state, meta = load_inputs(cfg.supernet, cfg.latency_table, cfg.latency_budget)
+    budget_ms, predictor, state, meta = load_inputs(cfg.supernet, cfg.latency_table, cfg.latency_budget,
+                                                    cfg.precision)
     space = predictor.space
     genomes = GenomeSpace(space, predictor.input_sizes)
     constraint = Constraint(predictor, budget_ms)

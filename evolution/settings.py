@@ -43,6 +43,7 @@ class EvolveConfig:
     mutations: int = 25
     crossovers: int = 25
     mutation_prob: float = 0.1
+    precision: str = "fp32"  # the deployment's: the latency table must time models of this precision
     seed_uniform: bool = True  # generation 0 starts from the uniform-width networks that meet the budget
     generations: int = 20
     seed: int = 0

@@ -142,6 +142,22 @@ def test_files_of_another_space_exit_2_with_one_line(toy, other_space, swap, tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("table_precision, search_precision", [("int8", "fp32"), ("fp32", "int8")])
+def test_a_table_of_another_precision_than_the_search_exits_2(toy, tmp_path, capsys, table_precision,
+                                                               search_precision):
+    """An INT8 table given to a float search, or a float table to an INT8 search: one line."""
+    doc = json.loads(Path(toy.table).read_text())
+    doc["meta"]["precision"] = table_precision
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(doc))
+    args = cli_args(toy, tmp_path / "run", "--precision", search_precision)
+    args[args.index("--latency-table") + 1] = str(table)
+    assert main(args) == 2
+    line = one_line_error(capsys)
+    assert f"times {table_precision} models but the search is for {search_precision}" in line, line
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_checkpoint_that_is_no_supernet_exits_2(toy, tmp_path, capsys):
     import torch
 

@@ -461,3 +461,31 @@ def test_a_table_too_noisy_for_the_asked_accuracy_says_so(tiny_space_file, tmp_p
     with pytest.raises(SystemExit) as e:
         main(["profile-device", "--space", str(tiny_space_file), "--target-mape", "2"])
     assert e.value.code == 2 and "expected a fraction in (0, 1)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- INT8
+def test_an_int8_part_is_a_quantized_model_with_its_weights_inside(tiny_space, tmp_path):
+    """--precision int8: each part is exported, then statically quantized (QDQ, int8 weights per
+    channel): the file holds its weights (no external data for the runner to fill) and runs."""
+    import onnx
+    import onnxruntime as ort
+
+    from picodet_nas.latency.plan import export_model
+
+    plan = make_plan(tiny_space, input_sizes=[64], num_classes=4, calibrate=0, validate=0)
+    spec = dict(next(m for m in plan["models"].values() if m["kind"] == "block"))
+    path = export_model(spec, 4, tmp_path, precision="int8")
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "weights" not in spec
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)  # the weights, quantized
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal(spec["inputs"][0]).astype(np.float32)
+    assert np.isfinite(sess.run(None, {sess.get_inputs()[0].name: x})[0]).all()
+
+
+def test_int8_with_the_torch_backend_is_refused(tiny_space_file, tmp_path, capsys):
+    assert main(["profile-device", "--space", str(tiny_space_file), "--input-size", "64", *FAST, "--precision", "int8",
+                 "--backend", "torch", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--backend torch is float only" in err and "\n" not in err

@@ -57,6 +57,9 @@ def register(sub) -> None:
     ea.add_argument("--crossovers", type=int, default=25, help="ga: crossovers per generation (default: 25)")
     ea.add_argument("--mutation-prob", type=float, default=0.1,
                     help="probability that a gene is redrawn in a mutant, ga and nsga2 (default: 0.1)")
+    ea.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                    help="the deployment's precision, which the latency table must time (default: fp32; int8: a "
+                         "table of nas profile-device --precision int8)")
     ea.add_argument("--no-seed-uniform", dest="seed_uniform", action="store_false",
                     help="do not start generation 0 from the space's uniform-width networks that meet the budget "
                          "(by default they come first, the rest is random): without them a short search can stall "

@@ -54,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--spinning", choices=("auto", "on", "off"), default="auto",
                    help="ORT thread-pool spinning (default auto: off with more than one thread, where it "
                         "turns background load into outliers)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="fp32 (default), or int8: every part and subnet statically quantized with ONNX Runtime's "
+                        "tools (QDQ, int8 per-channel weights, uint8 activations) before it is timed")
     p.add_argument("--target-mape", type=_fraction, default=0.02, metavar="F",
                    help="the validation MAPE asked for, as a fraction (default: 0.02); above it the table is marked "
                         "too noisy and a warning says so")
@@ -88,7 +91,7 @@ def plan_settings(values: dict) -> dict:
                 validate=values["validate"], num_classes=values["num_classes"],
                 statistic=values["statistic"] or "median", clock=values["clock"],
                 allow_spinning={"auto": None, "on": True, "off": False}[values["spinning"]],
-                pin_core=values.get("pin_core"), seed=values["seed"])
+                pin_core=values.get("pin_core"), precision=values.get("precision") or "fp32", seed=values["seed"])
 
 
 class _ProgressBars:
@@ -162,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         # Name and path first: a run of minutes must not end in "file exists".
         name = values["name"] or default_table_name(values["device_name"] or device_info()["device"],
                                                     values["backend"], values["threads"], space.name,
-                                                    values["input_size"] or space.input_sizes, space.input_sizes)
+                                                    values["input_size"] or space.input_sizes, space.input_sizes,
+                                                    values.get("precision") or "fp32")
         out = Path(values["out"]) if values["out"] else DEFAULT_DIR / f"{name}.json"
         _refuse_overwrite(out, args.force)
         table = profile_device(space, backend=values["backend"], device_name=values["device_name"], name=name,

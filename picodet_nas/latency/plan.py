@@ -117,7 +117,7 @@ def timing_settings(**overrides: Any) -> dict:
          "warmup": run_bundle.DEFAULT_WARMUP, "burst": run_bundle.DEFAULT_BURST, "clock": "wall",
          "max_loaded": run_bundle.DEFAULT_MAX_LOADED, "spread_limit": run_bundle.DEFAULT_SPREAD_LIMIT,
          "max_remeasure": run_bundle.DEFAULT_MAX_REMEASURE, "allow_spinning": None, "pin_core": None,
-         "statistic": "median", "seed": 0}
+         "statistic": "median", "precision": "fp32", "seed": 0}
     s.update({k: v for k, v in overrides.items() if v is not None})
     return s
 
@@ -257,11 +257,13 @@ def build_module(spec: dict, num_classes: int) -> tuple[nn.Module, tuple]:
     return module.eval(), inputs
 
 
-def export_model(spec: dict, num_classes: int, bundle_dir: Path, seed: int = 0) -> Path:
+def export_model(spec: dict, num_classes: int, bundle_dir: Path, seed: int = 0, precision: str = "fp32") -> Path:
     """Export one plan entry to `bundle_dir / spec['file']` and move its conv weights out (`hollow`).
 
     Whole networks go through `export_onnx` (the deployed form, no post-processing) with a
-    static batch of 1; parts use the same exporter settings.
+    static batch of 1; parts use the same exporter settings. `precision` int8: the float export
+    is quantized statically (`int8.quantize_onnx`, calibrated on random inputs: an integer
+    kernel's cost depends on shapes, not values) and keeps its int8 weights inside the file.
     """
     torch.manual_seed(seed)
     path = Path(bundle_dir) / spec["file"]
@@ -275,6 +277,12 @@ def export_model(spec: dict, num_classes: int, bundle_dir: Path, seed: int = 0) 
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=OPSET, input_names=names)
+    if precision == "int8":
+        from .int8 import quantize_onnx, random_batches
+
+        quantize_onnx(path, path, random_batches(path, seed=seed))
+        spec.pop("weights", None)
+        return path
     spec["weights"] = {"file": Path(spec["file"]).with_suffix(".weights").as_posix(), **hollow(path)}
     return path
 

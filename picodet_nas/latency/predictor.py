@@ -53,6 +53,7 @@ class LatencyPredictor:
             if s not in self.space.input_sizes:
                 raise LatencyTableError(f"{source}: input size {s} is not a choice of the table's space")
         self.statistic = meta["statistic"]
+        self.precision = meta.get("precision", "fp32")  # tables from before INT8 timing are float
         self.num_classes = int(meta["num_classes"])
         key = f"{self.statistic}_ms"
         self._scale = self.space.base.scale

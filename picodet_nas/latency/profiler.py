@@ -28,6 +28,7 @@ from ..space import SearchSpace
 from . import run_bundle
 from .plan import build_module, export_model, make_plan, timing_settings
 from .results import build_table
+from .int8 import check_precision
 from .table import check_statistic
 from .timing import Progress, check_clock, check_pin, measure, pinned, resolve_pin
 
@@ -58,7 +59,8 @@ def export_models(manifest: dict, bundle_dir: Path, progress: Progress = None) -
         names = list(manifest["models"])
         for n, name in enumerate(names):
             export_model(manifest["models"][name], manifest["num_classes"], bundle_dir,
-                         seed=int(manifest["settings"].get("seed", 0)))
+                         seed=int(manifest["settings"].get("seed", 0)),
+                         precision=manifest["settings"].get("precision", "fp32"))
             if progress is not None:
                 progress("exporting ONNX", n + 1, len(names))
 
@@ -97,7 +99,8 @@ def plan_for(space: SearchSpace, *, input_sizes=None, threads: int = run_bundle.
              repeats: int = run_bundle.DEFAULT_REPEATS, warmup: int = run_bundle.DEFAULT_WARMUP,
              burst: int = run_bundle.DEFAULT_BURST, calibrate: int = 30, validate: int = 30,
              num_classes: int = 80, statistic: str = "median", clock: str = "wall",
-             allow_spinning: bool | None = None, pin_core: int | str | None = None, seed: int = 0) -> dict:
+             allow_spinning: bool | None = None, pin_core: int | str | None = None, precision: str = "fp32",
+             seed: int = 0) -> dict:
     """The manifest with the profiling settings folded in (argument checks included)."""
     for flag, value, low in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
                              ("burst", burst, 1), ("calibrate", calibrate, 0), ("validate", validate, 0),
@@ -105,6 +108,7 @@ def plan_for(space: SearchSpace, *, input_sizes=None, threads: int = run_bundle.
         if not isinstance(value, int) or value < low:
             raise LatencyTableError(f"--{flag} must be an integer >= {low}, got {value!r}")
     check_statistic(statistic, "--statistic")
+    check_precision(precision)
     try:
         check_clock(clock, threads)
     except ValueError as e:
@@ -114,7 +118,8 @@ def plan_for(space: SearchSpace, *, input_sizes=None, threads: int = run_bundle.
     except ValueError as e:
         raise LatencyTableError(f"--pin-core {pin_core}: {e}") from None
     settings = {"threads": threads, "repeats": repeats, "warmup": warmup, "burst": burst, "clock": clock,
-                "allow_spinning": allow_spinning, "pin_core": pin_core, "statistic": statistic, "seed": seed}
+                "allow_spinning": allow_spinning, "pin_core": pin_core, "statistic": statistic,
+                "precision": precision, "seed": seed}
     return make_plan(space, input_sizes=input_sizes, num_classes=num_classes, calibrate=calibrate,
                      validate=validate, seed=seed, settings=settings)
 
@@ -124,6 +129,8 @@ def profile_device(space: SearchSpace, *, backend: str = "onnxruntime", device_n
     """Profile `space` on this machine; the table (see `plan_for` for the settings)."""
     if backend not in BACKENDS:
         raise LatencyTableError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torch" and plan_kwargs.get("precision", "fp32") != "fp32":
+        raise LatencyTableError("--precision int8 times ONNX Runtime's quantized models; --backend torch is float only")
     started = time.time()
     manifest = plan_for(space, **plan_kwargs)
     if backend == "torch":
@@ -141,7 +148,8 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
                     repeats: int = run_bundle.DEFAULT_REPEATS, warmup: int = run_bundle.DEFAULT_WARMUP,
                     burst: int = run_bundle.DEFAULT_BURST, statistic: str = "median", clock: str = "wall",
                     allow_spinning: bool | None = None, spread_limit: float | None = None,
-                    max_remeasure: int | None = None, pin_core: int | str | None = None, seed: int = 0) -> dict:
+                    max_remeasure: int | None = None, pin_core: int | str | None = None, precision: str = "fp32",
+                    seed: int = 0) -> dict:
     """Measured whole-network latency of `arch` on this machine, timed exactly as a table's
     validation subnets are (deployed form, ONNX Runtime, batch 1); for `measured_latency_ms`.
     `table_timing(table)` gives the arguments that repeat a given table's measurement.
@@ -154,7 +162,8 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
     manifest = {"num_classes": num_classes, "models": {"whole": spec},
                 "settings": timing_settings(threads=threads, repeats=repeats, warmup=warmup, burst=burst,
                                             clock=clock, allow_spinning=allow_spinning, spread_limit=spread_limit,
-                                            max_remeasure=max_remeasure, pin_core=pin_core, seed=seed)}
+                                            max_remeasure=max_remeasure, pin_core=pin_core, precision=precision,
+                                            seed=seed)}
     with tempfile.TemporaryDirectory(prefix="nas-measure-") as d:
         export_models(manifest, Path(d))
         results = run_bundle.run_bundle(d, manifest)
@@ -176,6 +185,7 @@ def table_timing(table: dict) -> dict[str, Any]:
     out["spread_limit"] = meta.get("spread_limit")
     out["max_remeasure"] = meta.get("max_remeasure")
     out["pin_core"] = meta.get("pin_core")
+    out["precision"] = meta.get("precision", "fp32")
     return out
 
 

@@ -39,7 +39,7 @@ def build_table(results: dict, *, name: str | None = None, statistic: str | None
 
     space = SearchSpace.from_dict(man["space"]["definition"])
     name = name or default_table_name(device["device"], results["backend"], int(s["threads"]), space.name,
-                                      man["input_sizes"], space.input_sizes)
+                                      man["input_sizes"], space.input_sizes, s.get("precision", "fp32"))
     backend = results["backend"]
     meta = {
         "name": name,
@@ -55,6 +55,7 @@ def build_table(results: dict, *, name: str | None = None, statistic: str | None
         "threads": int(s["threads"]),
         "inter_op_threads": 1 if backend == "onnxruntime" else None,
         "allow_spinning": s.get("allow_spinning"),
+        "precision": s.get("precision", "fp32"),
         "pin_core": s.get("pin_core"),  # asked for: None, "auto" or a core
         "pinned_core": s.get("pinned_core"),  # where the timing ran (None: unpinned)
         "graph_optimization": "ORT_ENABLE_ALL" if backend == "onnxruntime" else None,

@@ -75,6 +75,8 @@ def check_table(table: Any, source: str = "latency table", complete: bool = True
         raise LatencyTableError(f"{source}: meta.space must hold name, fingerprint and definition")
     if meta["statistic"] not in STATISTICS:
         raise LatencyTableError(f"{source}: meta.statistic {meta['statistic']!r} is not one of {', '.join(STATISTICS)}")
+    if meta.get("precision", "fp32") not in ("fp32", "int8"):
+        raise LatencyTableError(f"{source}: meta.precision {meta['precision']!r} is not one of fp32, int8")
     stat_key = f"{meta['statistic']}_ms"
     if not isinstance(meta["input_sizes"], list) or not meta["input_sizes"]:
         raise LatencyTableError(f"{source}: meta.input_sizes must be a non-empty list")
@@ -176,11 +178,11 @@ def _slug(text: str) -> str:
 
 
 def default_table_name(device: str, backend: str, threads: int, space_name: str,
-                       input_sizes: Iterable[int], space_sizes: Iterable[int]) -> str:
-    """`<device>-<ort|torch>-t<threads>-<space>`, plus `-i<sizes>` when only some of the
-    space's input sizes were measured: e.g. `edge1-ort-t1-esnet_s`, `pi5-ort-t4-picodet_s_joint-i320`.
+                       input_sizes: Iterable[int], space_sizes: Iterable[int], precision: str = "fp32") -> str:
+    """`<device>-<ort|torch>[-int8]-t<threads>-<space>`, plus `-i<sizes>` when only some of the
+    space's input sizes were measured: e.g. `edge1-ort-t1-esnet_s`, `pi5-ort-int8-t4-picodet_s_joint-i320`.
     `device` is `--device-name`, else the host name."""
-    short = {"onnxruntime": "ort"}.get(backend, backend)
+    short = {"onnxruntime": "ort"}.get(backend, backend) + ("-int8" if precision == "int8" else "")
     name = f"{_slug(device)}-{short}-t{threads}-{_slug(space_name)}"
     sizes = sorted(set(input_sizes))
     if sizes != sorted(set(space_sizes)):
