@@ -124,6 +124,12 @@ def register(sub) -> None:
                    help="time the exported network with ONNX Runtime on this machine for metrics.json, with the "
                         "settings of the latency table the search used (default: on for a search result that "
                         "names its latency table, off otherwise)")
+    p.add_argument("--export-int8", action="store_true", default=None,
+                   help="also write model.int8.onnx: the network statically quantized (ONNX Runtime, QDQ, int8 "
+                        "weights per channel) with activation ranges from training images; metrics.json gets its "
+                        "mAP beside the float one and, when latency is measured, its measured latency")
+    p.add_argument("--int8-calib-images", type=int, metavar="N",
+                   help="training images that calibrate the INT8 activation ranges (default: 32)")
     sweep = p.add_argument_group("hyper-parameter sweep (Ray Tune: Optuna search, ASHA early stopping)")
     sweep.add_argument("--sweep", type=int, metavar="N",
                        help="first run N trials over the learning rate and weight decay (log-uniform within a factor "
@@ -150,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     arch = values["arch"]
     metrics = retrain(arch, values["data"], options=options, out=values.get("out"), name=values.get("name"),
                       resume=args.resume, measure_latency=values.get("measure_latency"),
-                      init=initial_weights(values, arch), sweep=_sweep_settings(values))
+                      init=initial_weights(values, arch), sweep=_sweep_settings(values),
+                      export_int8=_int8_calib(values))
     if metrics is not None:
         coco = metrics["coco"]
         line = (f"mAP {coco['mAP']:.4f}  mAP50 {coco['mAP50']:.4f}  params {metrics['params']}  "
@@ -163,8 +170,28 @@ def run(args: argparse.Namespace) -> int:
                 line += f" (budget {metrics['latency_budget_ms']:g} ms {'met' if metrics['budget_met'] else 'MISSED'})"
             if metrics.get("latency_measurement", {}).get("same_cpu_model") is False:
                 line += "; the latency table was measured on another CPU"
+        if "int8" in metrics:
+            q = metrics["int8"]
+            line += f"\nINT8 ({q['file']}): mAP {q['coco']['mAP']:.4f} ({-q['mAP_drop']:+.4f} against float)"
+            if "measured_latency_ms" in q:
+                line += f"  latency {q['measured_latency_ms']:.3f} ms measured"
         print(line)
     return 0
+
+
+def _int8_calib(values: dict[str, Any]) -> int | None:
+    """The INT8 calibration image count when --export-int8 is given, else None."""
+    from ..engine.int8_export import DEFAULT_INT8_CALIB_IMAGES
+    from ..errors import UserError
+
+    count = values.get("int8_calib_images")
+    if not values.get("export_int8"):
+        if count is not None:
+            raise UserError("--int8-calib-images calibrates --export-int8; add --export-int8 or leave it out")
+        return None
+    if count is not None and count < 1:
+        raise UserError(f"--int8-calib-images must be at least 1, got {count}")
+    return count or DEFAULT_INT8_CALIB_IMAGES
 
 
 def initial_weights(values: dict[str, Any], arch_spec: str):

@@ -22,11 +22,15 @@ METRICS_FILE = "metrics.json"
 
 def finalize(run_dir: Path, arch: Arch, meta: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
              coco: Mapping[str, float], *, epochs: int, wall_time_s: float, best: Mapping[str, Any] | None,
-             extra: Mapping[str, Any], latency: Mapping[str, Any] | None) -> dict[str, Any]:
+             extra: Mapping[str, Any], latency: Mapping[str, Any] | None,
+             int8: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """model.pt, model.onnx and metrics.json; returns the content of metrics.json.
 
     extra:   more fields of metrics.json (the search's latency figures among them).
     latency: `measure.latency_plan`'s answer; the network is then timed (`measure.latency_metrics`).
+    int8:    {"train_set", "val_set", "calib_images"}: also model.int8.onnx, evaluated (and timed
+             with `latency`) into metrics.json's `int8` section (`int8_export`), all before
+             metrics.json, whose presence marks a complete run.
     """
     from ..export import export_onnx
     from ..summary import summarize
@@ -43,5 +47,11 @@ def finalize(run_dir: Path, arch: Arch, meta: Mapping[str, Any], weights: Mappin
         from .measure import latency_metrics
 
         metrics.update(latency_metrics(arch, meta["num_classes"], latency, metrics))
+    if int8 is not None:
+        from .int8_export import export_int8, int8_metrics
+
+        path = export_int8(model, arch.input_size, int8["train_set"], run_dir, int8["calib_images"])
+        metrics["int8"] = int8_metrics(path, meta["num_classes"], int8["val_set"], arch.input_size, coco,
+                                       int8["calib_images"], latency, metrics)
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     return metrics

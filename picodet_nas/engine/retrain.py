@@ -61,7 +61,7 @@ def _arch_for_run(arch_spec: str | Path | Arch, input_size: int | None, ckpt: Ma
 def retrain(arch_spec: str | Path | Arch, data: str | Path, *, options: Mapping[str, Any] | None = None,
             out: str | None = None, name: str | None = None, resume: Any = None,
             measure_latency: bool | None = None, init: InitialWeights | None = None,
-            sweep: "SweepSettings | None" = None) -> dict[str, Any] | None:
+            sweep: "SweepSettings | None" = None, export_int8: int | None = None) -> dict[str, Any] | None:
     """Train `arch_spec` on `data` and write the run's outputs; returns `metrics.json`'s content
     on rank 0 (None on other ranks).
 
@@ -73,18 +73,21 @@ def retrain(arch_spec: str | Path | Arch, data: str | Path, *, options: Mapping[
     sweep:   first choose the learning rate and weight decay with a Ray Tune sweep
              (`engine.sweep`), then train with the chosen values; a resumed run continues
              its final training.
+    export_int8: also write model.int8.onnx, quantized with ranges from this many training
+             images, with its mAP (and measured latency) in metrics.json (`engine.int8_export`).
     """
     options = {k: v for k, v in (options or {}).items() if v is not None}
     dist_info = init_distributed(options.get("device", "auto"))
     try:
-        return _retrain(arch_spec, data, options, out, name, resume, dist_info, measure_latency, init, sweep)
+        return _retrain(arch_spec, data, options, out, name, resume, dist_info, measure_latency, init, sweep,
+                        export_int8)
     finally:
         close_logging()
         shutdown_distributed()
 
 
 def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, measure_latency: bool | None,
-             init: InitialWeights | None, sweep: "SweepSettings | None"):
+             init: InitialWeights | None, sweep: "SweepSettings | None", export_int8: int | None = None):
     input_size = options.get("input_size")
     arch = resolve_arch(arch_spec, input_size)  # a bad ARCH fails before the data is read
     search = read_search_result(arch_spec)
@@ -152,7 +155,9 @@ def _retrain(arch_spec, data, options, out, name, resume, dist_info: DistInfo, m
     if sweep_summary:
         extra["sweep"] = sweep_summary
     metrics = finalize(run.path, arch, meta, result.weights, result.metrics, epochs=result.epochs,
-                       wall_time_s=result.wall_time_s, best=result.best, extra=extra, latency=latency)
+                       wall_time_s=result.wall_time_s, best=result.best, extra=extra, latency=latency,
+                       int8=None if not export_int8 else {"train_set": train_set, "val_set": val_set,
+                                                          "calib_images": int(export_int8)})
     log.info(f"mAP {metrics['coco']['mAP']:.4f} (mAP50 {metrics['coco']['mAP50']:.4f}) after {result.epochs} epochs; "
              f"wrote {run.path / MODEL_FILE}, {run.path / ONNX_FILE}, {run.path / METRICS_FILE}")
     return metrics

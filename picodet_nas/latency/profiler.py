@@ -151,22 +151,42 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
                     max_remeasure: int | None = None, pin_core: int | str | None = None, precision: str = "fp32",
                     seed: int = 0) -> dict:
     """Measured whole-network latency of `arch` on this machine, timed exactly as a table's
-    validation subnets are (deployed form, ONNX Runtime, batch 1); for `measured_latency_ms`.
-    `table_timing(table)` gives the arguments that repeat a given table's measurement.
+    validation subnets are (deployed form, ONNX Runtime, batch 1, quantized for `precision`
+    int8); for `measured_latency_ms`. `table_timing(table)` gives the arguments that repeat a
+    given table's measurement.
 
     Returns the timing figures plus `latency_ms` (the figure named by `statistic`).
     """
     check_statistic(statistic)
+    check_precision(precision)
     spec = {"group": "whole", "kind": "whole", "file": "models/whole.onnx", "arch": arch.to_dict(),
             "inputs": [[1, 3, arch.input_size, arch.input_size]]}
     manifest = {"num_classes": num_classes, "models": {"whole": spec},
-                "settings": timing_settings(threads=threads, repeats=repeats, warmup=warmup, burst=burst,
-                                            clock=clock, allow_spinning=allow_spinning, spread_limit=spread_limit,
-                                            max_remeasure=max_remeasure, pin_core=pin_core, precision=precision,
-                                            seed=seed)}
+                "settings": timing_settings(seed=seed, precision=precision)}
     with tempfile.TemporaryDirectory(prefix="nas-measure-") as d:
         export_models(manifest, Path(d))
-        results = run_bundle.run_bundle(d, manifest)
+        return _time_whole(d, manifest, statistic=statistic, threads=threads, repeats=repeats, warmup=warmup,
+                           burst=burst, clock=clock, allow_spinning=allow_spinning, spread_limit=spread_limit,
+                           max_remeasure=max_remeasure, pin_core=pin_core)
+
+
+def measure_onnx(path: str | Path, *, statistic: str = "median", seed: int = 0, **timing: Any) -> dict:
+    """Measured latency of an ONNX file with static inputs (e.g. `model.int8.onnx`), timed as
+    `measure_latency` times an exported network (`timing`: its keyword arguments)."""
+    import shutil
+
+    check_statistic(statistic)
+    spec = {"group": "whole", "kind": "whole", "file": "models/whole.onnx"}
+    manifest = {"num_classes": 0, "models": {"whole": spec}, "settings": timing_settings(seed=seed)}
+    with tempfile.TemporaryDirectory(prefix="nas-measure-") as d:
+        (Path(d) / "models").mkdir()
+        shutil.copyfile(path, Path(d) / spec["file"])
+        return _time_whole(d, manifest, statistic=statistic, **timing)
+
+
+def _time_whole(bundle_dir: str, manifest: dict, *, statistic: str, **timing: Any) -> dict:
+    overrides = {k: v for k, v in timing.items() if k in run_bundle.SETTINGS}
+    results = run_bundle.run_bundle(bundle_dir, manifest, **overrides)
     stats = dict(results["timings"]["whole"])
     stats["latency_ms"] = stats[f"{statistic}_ms"]
     stats["statistic"] = statistic
