@@ -166,7 +166,7 @@ def main() -> None:
     if chosen_file.is_file():
         chosen = json.loads(chosen_file.read_text())
     else:
-        pool = reference_pool(predictor.space, predictor.input_sizes)
+        pool = {n: a for n, a in reference_pool(predictor.space, predictor.input_sizes).items() if a != winner}
         timed = interleaved_latency({"searched": winner, **pool}, args.latency_rounds, predictor.num_classes, timing)
         names, within = close_references({n: timed[n]["measured_ms"] for n in pool},
                                          timed["searched"]["measured_ms"], args.tolerance)

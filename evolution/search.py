@@ -133,7 +133,7 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
         search = _Search(cfg, history, pool, constraint, log, progress)
         proposer = make_proposer(cfg.strategy, genomes, constraint, population=cfg.population, parents=cfg.parents,
                                  mutations=cfg.mutations, crossovers=cfg.crossovers, mutation_prob=cfg.mutation_prob,
-                                 seed=cfg.seed, seeds=reference_archs(genomes) if cfg.seed_uniform else ())
+                                 seed=cfg.seed, seeds=reference_archs(genomes) if resolved["seed_uniform"] else ())
         provenance = {
             "supernet": resolved["supernet"], "latency_table": resolved["latency_table"], "budget_ms": budget_ms,
             "seed": cfg.seed, "strategy": cfg.strategy, "supernet_sha256": resolved["supernet_sha256"],

@@ -25,7 +25,7 @@ SEQUENCE_KEYS = ("strategy", "seed", "population", "parents", "mutations", "cros
                  "seed_uniform", "supernet_sha256", "latency_table_sha256", "data", "calib_images", "val_images", "data_seed",
                  "study_name")
 # How a resume refusal names the sequence keys that are no flag of their own.
-_RESUME_LABELS = {"budget_ms": "the latency budget (ms)", "supernet_sha256": "the --supernet file's SHA-256",
+_RESUME_LABELS = {"budget_ms": "the latency budget (ms)", "seed_uniform": "seeding generation 0 (--no-seed-uniform: False)", "supernet_sha256": "the --supernet file's SHA-256",
                   "latency_table_sha256": "the --latency-table file's SHA-256", "study_name": "the study"}
 
 
@@ -44,7 +44,8 @@ class EvolveConfig:
     crossovers: int = 25
     mutation_prob: float = 0.1
     precision: str = "fp32"  # the deployment's: the latency table must time models of this precision
-    seed_uniform: bool = True  # generation 0 starts from the uniform-width networks that meet the budget
+    seed_uniform: bool | None = None  # generation 0 starts from the uniform-width networks that meet the
+    # budget; None: yes for a new search, as recorded for a resumed one (searches from before the option: no)
     generations: int = 20
     seed: int = 0
     workers: int | None = None  # None: one per CPU of the Ray instance; 0: in this process
@@ -148,9 +149,13 @@ def resolved_config(cfg: EvolveConfig, budget_ms: float, space, run_dir: Path, p
         "study_name": study_name,
         "storage": storage,
         "run_dir": str(run_dir.resolve()),
+        "seed_uniform": (cfg.seed_uniform if cfg.seed_uniform is not None
+                         else bool((previous or {"seed_uniform": True}).get("seed_uniform", False))),
     }
 
 
 def check_resume(previous: dict, resolved: dict, source: Path) -> None:
-    """A resumed search continues the same sequence: every `SEQUENCE_KEYS` setting as recorded."""
+    """A resumed search continues the same sequence: every `SEQUENCE_KEYS` setting as recorded
+    (a search recorded before `seed_uniform` existed started without seeds)."""
+    previous = {"seed_uniform": False, **previous}
     check_resumed_settings(previous, resolved, source, keys=SEQUENCE_KEYS, labels=_RESUME_LABELS)

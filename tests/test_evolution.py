@@ -9,6 +9,7 @@ process, no Ray) is shared by the tests that compare against it: 3 generations o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -281,6 +282,27 @@ def test_generation_0_starts_from_the_seeds_that_meet_the_budget(predictor, stra
     assert make(1, seeds).propose(0, []).archs == fitting[:1]  # never more than the population
     assert "seed" not in make(6, ()).propose(0, []).counts()  # --no-seed-uniform: all random
     assert "seed" not in make(6, seeds).propose(1, fake_history(genomes, constraint, 4)).counts()
+
+
+def test_a_search_recorded_before_seeding_existed_resumes_unseeded(tmp_path):
+    """A config.yaml without `seed_uniform` (searches before the option) resumes without seeds
+    when the flag is not given, and refuses --no-seed-uniform's opposite only when asked."""
+    from evolution.settings import EvolveConfig, check_resume, resolved_config
+
+    for name in ("s.pt", "t.json"):
+        (tmp_path / name).write_text("x")
+    cfg = EvolveConfig(supernet=str(tmp_path / "s.pt"), latency_table=str(tmp_path / "t.json"),
+                       latency_budget="2ms", data=str(tmp_path))
+    space = SearchSpace.from_dict(TOY_SPACE)
+    fresh = resolved_config(cfg, 2.0, space, tmp_path, None)
+    assert fresh["seed_uniform"] is True  # a new search is seeded
+    old = {k: v for k, v in fresh.items() if k != "seed_uniform"}
+    resumed = resolved_config(cfg, 2.0, space, tmp_path, old)
+    assert resumed["seed_uniform"] is False
+    check_resume(old, resumed, tmp_path / "config.yaml")  # no refusal
+    forced = resolved_config(dataclasses.replace(cfg, seed_uniform=True), 2.0, space, tmp_path, old)
+    with pytest.raises(UserError, match="seeding generation 0"):
+        check_resume(old, forced, tmp_path / "config.yaml")
 
 
 def test_a_tight_budget_still_gives_feasible_samples(predictor):

@@ -172,8 +172,15 @@ def test_quickstart_end_to_end_on_a_tiny_config(tmp_path):
     assert "retrained alike: mAP" in r.stdout
     # the Pareto check: the chosen subnet's supernet score against the uniform references near it
     check = summary["evolve"]["pareto_check"]
-    assert check["winner_map"] == pytest.approx(best["scores"]["map"]) and isinstance(check["winner_above_all"], bool)
-    assert "Uniform-width references within 15%" in report or "No uniform-width reference lies within" in report
+    assert check["winner_map"] == pytest.approx(best["scores"]["map"])
+    assert check["winner_above_all"] == (check["winner_is_reference"] is None and all(
+        check["winner_map"] > r["map"] for r in check["references"]))
+    if check["winner_is_reference"]:
+        assert "The search chose a uniform-width network itself" in report
+    elif check["references"]:
+        assert "Uniform-width references within 15%" in report and check["references"][0]["label"] in report
+    else:
+        assert "No uniform-width reference lies within" in report
 
 
 def test_pareto_check_compares_the_chosen_subnet_with_uniform_references_near_it(tmp_path):
@@ -196,3 +203,11 @@ def test_pareto_check_compares_the_chosen_subnet_with_uniform_references_near_it
     assert check["winner_map"] == 0.30 and check["winner_above_all"] is True
     assert comparison_reference(space, csv, 2.00)["label"] == "uniform 1 at 160 px"  # the best of the near ones
     assert pareto_check(space, csv, tolerance=0.25)["winner_above_all"] is False  # 2.40 ms at 0.50 is near now
+    # the search returned a uniform network itself: it is not its own reference, and the check says so
+    rows[0] = ("candidate", 0.29, 2.25, 1, u[1.0, 160])
+    csv.write_text(head + "\n" + "\n".join(f'{role},0,0,random,{m},0,{ms},1,1,0,{c},w,1,0,"{key}"'
+                                           for role, m, ms, c, key in rows) + "\n")
+    check = pareto_check(space, csv)
+    assert check["winner_is_reference"] == "uniform 1 at 160 px" and check["winner_above_all"] is False
+    assert [r["label"] for r in check["references"]] == ["uniform 0.5 at 224 px"]  # 2.40 ms; not itself
+    assert comparison_reference(space, csv, 2.25)["label"] != "uniform 1 at 160 px"

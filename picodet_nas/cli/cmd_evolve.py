@@ -60,10 +60,10 @@ def register(sub) -> None:
     ea.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                     help="the deployment's precision, which the latency table must time (default: fp32; int8: a "
                          "table of nas profile-device --precision int8)")
-    ea.add_argument("--no-seed-uniform", dest="seed_uniform", action="store_false",
+    ea.add_argument("--no-seed-uniform", dest="seed_uniform", action="store_false", default=None,
                     help="do not start generation 0 from the space's uniform-width networks that meet the budget "
                          "(by default they come first, the rest is random): without them a short search can stall "
-                         "in a corner of the space that a hand-designed network beats")
+                         "in a corner of the space that a hand-designed network beats; a resumed search keeps its own choice)")
     ea.add_argument("--generations", type=int, default=20,
                     help="generations; may be raised on --resume to search longer (default: 20)")
     ea.add_argument("--seed", type=int, default=0,

@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..latency import default_table_name, import_results, profile_device, write_bundle, write_table
     from ..latency.run_bundle import device_info
+    from ..latency.timing import check_pin
     from ..latency.table import DEFAULT_DIR
     from ..space import load_space
     from .config import resolve
@@ -162,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); on the device: unzip it, run "
                   f"`python {out.stem}/run_bundle.py`, then `nas profile-device --import RESULTS.json`")
             return 0
+        try:  # a core this machine lacks fails now, not after minutes of exporting
+            check_pin(plan_kwargs["pin_core"], plan_kwargs["threads"])
+        except ValueError as e:
+            raise UserError(f"--pin-core {plan_kwargs['pin_core']}: {e}") from None
         # Name and path first: a run of minutes must not end in "file exists".
         name = values["name"] or default_table_name(values["device_name"] or device_info()["device"],
                                                     values["backend"], values["threads"], space.name,

@@ -25,9 +25,9 @@ INITS = ("scratch", "supernet")
 SET_BY_QUICKSTART: dict[str, tuple[str, ...]] = {
     "dataset": ("out",),
     "supernet": ("out", "name", "init"),
-    "profile": ("num_classes", "backend", "device_name", "name", "out", "target_mape"),
+    "profile": ("num_classes", "backend", "device_name", "name", "out", "target_mape", "precision"),
     "budget": (),
-    "evolve": ("supernet", "latency_table", "latency_budget", "out", "name", "storage"),
+    "evolve": ("supernet", "latency_table", "latency_budget", "out", "name", "storage", "precision"),
     "retrain": ("arch", "input_size", "supernet", "measure_latency", "sweep", "sweep_epochs", "sweep_threads",
                 "address", "out", "name", "export_int8", "int8_calib_images"),
 }

@@ -243,18 +243,25 @@ def pareto_check(space, pareto_csv: Path, tolerance: float = 0.15) -> dict[str, 
 
     chosen = next(r for r in csv.DictReader(pareto_csv.open()) if r["chosen"] == "1")
     winner_map, latency = float(chosen["map"]), float(chosen["predicted_latency_ms"])
-    close = near(uniform_references(space, pareto_csv), latency, tolerance)
+    refs = uniform_references(space, pareto_csv)
+    itself = next((r["label"] for r in refs if r["arch"].key() == chosen["arch_key"]), None)
+    close = [r for r in near(refs, latency, tolerance) if r["arch"].key() != chosen["arch_key"]]
     return {"tolerance": tolerance, "winner_map": winner_map, "winner_predicted_latency_ms": latency,
+            "winner_is_reference": itself,  # the search chose a hand-designed network (its label)
             "references": [{"label": r["label"], "map": r["map"], "predicted_latency_ms": r["latency_ms"]}
                            for r in sorted(close, key=lambda r: r["latency_ms"])],
-            "winner_above_all": all(winner_map > r["map"] for r in close)}
+            "winner_above_all": itself is None and all(winner_map > r["map"] for r in close)}
 
 
 def comparison_reference(space, pareto_csv: Path, latency_ms: float, tolerance: float = 0.15) -> dict[str, Any]:
     """The uniform-width reference the search's winner is compared with: among the references of
     the search (pareto.csv) within `tolerance` of its predicted latency, the one the supernet
     scored highest; the nearest in latency when none is that close."""
-    refs = uniform_references(space, pareto_csv)
+    import csv
+
+    chosen = {r["arch_key"] for r in csv.DictReader(pareto_csv.open()) if r["chosen"] == "1"}
+    refs = [r for r in uniform_references(space, pareto_csv) if r["arch"].key() not in chosen] or \
+        uniform_references(space, pareto_csv)  # not the winner itself, unless it is all there is
     close = near(refs, latency_ms, tolerance)
     return (max(close, key=lambda r: r["map"]) if close
             else min(refs, key=lambda r: abs(r["latency_ms"] - latency_ms)))

@@ -58,6 +58,9 @@ def _pareto_check_lines(check: Mapping[str, Any] | None) -> list[str]:
     """The chosen subnet's supernet score against the uniform-width references near its latency."""
     if not check:
         return []
+    if check.get("winner_is_reference"):
+        return [f"The search chose a uniform-width network itself ({check['winner_is_reference']}): it found no "
+                "subnet the supernet scores higher near this latency.", ""]
     if not check["references"]:
         return [f"No uniform-width reference lies within {check['tolerance']:.0%} of the chosen subnet's predicted "
                 "latency.", ""]

@@ -114,7 +114,7 @@ def plan_for(space: SearchSpace, *, input_sizes=None, threads: int = run_bundle.
     except ValueError as e:
         raise LatencyTableError(f"--clock {clock}: {e}") from None
     try:
-        check_pin(pin_core, threads)
+        check_pin(pin_core, threads, local=False)  # a core of this machine is checked when timing starts here
     except ValueError as e:
         raise LatencyTableError(f"--pin-core {pin_core}: {e}") from None
     settings = {"threads": threads, "repeats": repeats, "warmup": warmup, "burst": burst, "clock": clock,
@@ -204,7 +204,8 @@ def table_timing(table: dict) -> dict[str, Any]:
     out["allow_spinning"] = meta.get("allow_spinning")
     out["spread_limit"] = meta.get("spread_limit")
     out["max_remeasure"] = meta.get("max_remeasure")
-    out["pin_core"] = meta.get("pin_core")
+    # a core number names a core of the profiling machine; here the idlest core stands for it
+    out["pin_core"] = "auto" if meta.get("pin_core") not in (None, "off", "auto") else meta.get("pin_core")
     out["precision"] = meta.get("precision", "fp32")
     return out
 

@@ -16,7 +16,7 @@ Like `run_bundle.py`, this file runs on the device being profiled, so it needs o
   calling thread, which leaves out the time other processes held the core: on a shared
   machine wall-clock medians of whole networks jumped by 50% between runs while the thread
   CPU time stayed within 3%.
-* `pin_core` (one thread only): the process runs on one core while it times, a given one or
+* `pin_core` (one thread only): the timing thread runs on one core while it times, a given one or
   ("auto") the allowed core that was idlest over a quarter of a second (Linux `/proc/stat`),
   so the OS neither migrates the timing thread between cores mid-call nor puts it where a
   known load runs; the affinity is restored afterwards. Where the OS cannot pin
@@ -71,9 +71,10 @@ def quietest_core(allowed: "set[int]", interval: float = 0.25) -> int:
     return min(loads, key=lambda c: (loads[c], c)) if loads else min(allowed)
 
 
-def check_pin(pin_core, threads: int) -> None:
-    """`pin_core` is None/"off", "auto" or a core number this process may run on, with one thread."""
-    if pin_core in (None, "off"):
+def check_pin(pin_core, threads: int, local: bool = True) -> None:
+    """`pin_core` is None/"off", "auto" or a core number (with `local`, one this process may run
+    on; a bundle's number is checked on its device), with one thread."""
+    if pin_core in (None, "off", False):
         return
     if threads != 1:
         raise ValueError(f"pinning to one core needs threads = 1, got {threads}")
@@ -83,7 +84,7 @@ def check_pin(pin_core, threads: int) -> None:
         core = int(pin_core)
     except (TypeError, ValueError):
         raise ValueError(f"expected auto, off or a core number, got {pin_core!r}") from None
-    if hasattr(os, "sched_getaffinity") and core not in os.sched_getaffinity(0):
+    if local and hasattr(os, "sched_getaffinity") and core not in os.sched_getaffinity(0):
         raise ValueError(f"core {core} is not one this process may run on ({sorted(os.sched_getaffinity(0))})")
 
 
@@ -91,14 +92,15 @@ def resolve_pin(pin_core, threads: int) -> Optional[int]:
     """The core to pin to (None: no pinning) for a checked `pin_core` (see `check_pin`); where
     the OS cannot pin, None (timed unpinned, recorded as pinned_core None)."""
     check_pin(pin_core, threads)
-    if pin_core in (None, "off") or not hasattr(os, "sched_setaffinity"):
+    if pin_core in (None, "off", False) or not hasattr(os, "sched_setaffinity"):
         return None
     return quietest_core(os.sched_getaffinity(0)) if pin_core == "auto" else int(pin_core)
 
 
 @contextlib.contextmanager
 def pinned(core: Optional[int]):
-    """Run the block on `core` alone (None: as the OS pleases); the old affinity comes back."""
+    """Run the block's calling thread on `core` alone (None: as the OS pleases; on Linux the
+    affinity is per thread, and the timing runs on this one thread); the old affinity comes back."""
     if core is None:
         yield
         return
