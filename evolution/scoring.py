@@ -156,6 +156,13 @@ class NetworkScorer:
     def score(self, model: torch.nn.Module, size: int) -> dict[str, float]:
         """The twelve COCO numbers of `model` (a static network; moved to the scorer's device, its
         BN statistics overwritten) at input `size`."""
+        coco, detections, image_ids = self.detect(model, size)
+        return coco_evaluate(coco, detections, image_ids)
+
+    @torch.no_grad()
+    def detect(self, model: torch.nn.Module, size: int) -> tuple[Any, list[dict], list[int]]:
+        """(ground truth COCO, detections, scored image ids) of `model` at `size`, calibrated as
+        `score` calibrates it: for figures computed over subsets of the scored images."""
         held_out = self.eval_cache(size)
         model.to(self.device)
         self.calibration(model, size)
@@ -164,7 +171,7 @@ class NetworkScorer:
             self.val_set.coco, self.val_set.label_to_cat_id)
         detections = predict_batches(model, held_out.batches(self.data.batch_size, self.device), label_to_cat_id,
                                      self.device)
-        return coco_evaluate(coco, detections, held_out.image_ids)
+        return coco, detections, list(held_out.image_ids)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
