@@ -212,21 +212,27 @@ def _pipeline(cfg: QuickstartConfig, run_dir: Path, log: logging.Logger, compare
     return summary
 
 
-def uniform_references(space, pareto_csv: Path) -> list[dict[str, Any]]:
-    """The uniform-width references the search scored (pareto.csv rows of role 'reference'; every
-    uniform width at every input size of the space): arch, supernet mAP, predicted latency, label."""
+def _pareto_rows(pareto_csv: Path) -> list[dict[str, str]]:
     import csv
 
+    with pareto_csv.open() as f:
+        return list(csv.DictReader(f))
+
+
+def uniform_references(space, rows: list[dict[str, str]], source: Path) -> list[dict[str, Any]]:
+    """The uniform-width references the search scored (pareto.csv `rows` of role 'reference';
+    every uniform width at every input size of the space): arch, supernet mAP, predicted
+    latency, label."""
     by_key = {a.replace(input_size=size).key(): a.replace(input_size=size)
               for a in space.uniform_archs() for size in space.input_sizes}
     refs = []
-    for r in csv.DictReader(pareto_csv.open()):
+    for r in rows:
         if r["role"] == "reference" and r["arch_key"] in by_key:
             arch = by_key[r["arch_key"]]
             refs.append({"arch": arch, "map": float(r["map"]), "latency_ms": float(r["predicted_latency_ms"]),
                          "label": f"uniform {arch.channel_ratio[0]:g} at {arch.input_size} px"})
     if not refs:
-        raise UserError(f"{pareto_csv}: the search scored no uniform-width reference to compare with")
+        raise UserError(f"{source}: the search scored no uniform-width reference to compare with")
     return refs
 
 
@@ -239,11 +245,10 @@ def pareto_check(space, pareto_csv: Path, tolerance: float = 0.15) -> dict[str, 
     """Does the supernet score the chosen subnet above every uniform-width reference within
     `tolerance` of its predicted latency (slower ones included)? The search's own claim on its
     Pareto plot, from pareto.csv's scores (all of one scoring: the same images, the same BN)."""
-    import csv
-
-    chosen = next(r for r in csv.DictReader(pareto_csv.open()) if r["chosen"] == "1")
+    rows = _pareto_rows(pareto_csv)
+    chosen = next(r for r in rows if r["chosen"] == "1")
     winner_map, latency = float(chosen["map"]), float(chosen["predicted_latency_ms"])
-    refs = uniform_references(space, pareto_csv)
+    refs = uniform_references(space, rows, pareto_csv)
     itself = next((r["label"] for r in refs if r["arch"].key() == chosen["arch_key"]), None)
     close = [r for r in near(refs, latency, tolerance) if r["arch"].key() != chosen["arch_key"]]
     return {"tolerance": tolerance, "winner_map": winner_map, "winner_predicted_latency_ms": latency,
@@ -257,11 +262,10 @@ def comparison_reference(space, pareto_csv: Path, latency_ms: float, tolerance: 
     """The uniform-width reference the search's winner is compared with: among the references of
     the search (pareto.csv) within `tolerance` of its predicted latency, the one the supernet
     scored highest; the nearest in latency when none is that close."""
-    import csv
-
-    chosen = {r["arch_key"] for r in csv.DictReader(pareto_csv.open()) if r["chosen"] == "1"}
-    refs = [r for r in uniform_references(space, pareto_csv) if r["arch"].key() not in chosen] or \
-        uniform_references(space, pareto_csv)  # not the winner itself, unless it is all there is
+    rows = _pareto_rows(pareto_csv)
+    chosen = {r["arch_key"] for r in rows if r["chosen"] == "1"}
+    every = uniform_references(space, rows, pareto_csv)
+    refs = [r for r in every if r["arch"].key() not in chosen] or every  # not the winner, unless it is all
     close = near(refs, latency_ms, tolerance)
     return (max(close, key=lambda r: r["map"]) if close
             else min(refs, key=lambda r: abs(r["latency_ms"] - latency_ms)))
