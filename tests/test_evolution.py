@@ -15,6 +15,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -501,7 +502,12 @@ def test_two_ray_workers_give_the_same_search_and_a_killed_worker_loses_nothing(
     assert result.best.arch == baseline.best.arch and result.best.map == baseline.best.map
     trials = study_of(result.run_dir).get_trials()
     assert any(t.user_attrs["attempts"] == 2 for t in trials), "the killed worker's candidate was not retried"
-    assert len({t.user_attrs["worker"] for t in trials}) >= 2
+    # Two processes took candidates: the killed one and at least one other. Which of them scored
+    # the rest depends on how soon Ray brings the killed actor back, so the set of processes in the
+    # history may hold the survivor alone.
+    killed = f"{socket.gethostname()}:{killer.killed}"
+    scored_by = {t.user_attrs["worker"] for t in trials}
+    assert len(scored_by | {killed}) >= 2
     assert "died while scoring" in (result.run_dir / "evolve.log").read_text()
 
 
