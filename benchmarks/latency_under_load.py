@@ -87,12 +87,20 @@ def measure(space_name: str, variant: str, load: str, args, timing_core: int | N
     return results
 
 
-def figures(results: dict, statistic: str) -> tuple[dict, dict]:
+def figures(results: dict, statistic: str, repeats: int) -> tuple[dict, dict]:
+    """The table's validation figures, plus where its error comes from: `bias` (mean signed
+    error predicted/measured - 1, a drift common to all subnets) against `scatter` (its standard
+    deviation), and `median_se` (the median over subnets of the standard error that sampling
+    alone gives a median of `repeats` timings, sqrt(pi/2) sigma / sqrt(n) with sigma read off
+    the (p90 - p10) spread of a normal: how much of the scatter the timing noise explains)."""
     table = build_table(results, statistic=statistic, name=f"load-{statistic}")
     val = table["validation"]
+    errors = [x["predicted_ms"] / x["measured_ms"] - 1 for x in val["samples"]]
+    sigma = [x["spread"] / 2.5631 for x in val["samples"]]
     return table, {"mape": val["mape"], "within_5pct": val["within_5pct"], "within_10pct": val["within_10pct"],
                    "max_abs_pct_error": val["max_abs_pct_error"], "kendall_tau": val["kendall_tau"],
-                   "noise": val["noise"]}
+                   "noise": val["noise"], "bias": statistics.mean(errors), "scatter": statistics.stdev(errors),
+                   "median_se": statistics.median(1.2533 * s / repeats ** 0.5 for s in sigma)}
 
 
 def main() -> None:
@@ -131,7 +139,7 @@ def main() -> None:
                     tmp.write_text(json.dumps(results))
                     os.replace(tmp, path)
                 for statistic in STATISTICS:
-                    table, fig = figures(results, statistic)
+                    table, fig = figures(results, statistic, int(results["settings"].get("repeats", args.repeats)))
                     tables[space, variant, load, statistic] = table
                     row = {"space": space, "variant": variant, "load": load, "statistic": statistic, **fig,
                            "build_s": results.get("benchmark_build_s"),
@@ -145,7 +153,8 @@ def main() -> None:
                     result["rows"].append(row)
                     print(f"{space:>16} {variant:>11} {load:>4} {statistic:>6}: MAPE {fig['mape']:.2%}  "
                           f"±5% {fig['within_5pct']:.0%}  ±10% {fig['within_10pct']:.0%}  worst "
-                          f"{fig['max_abs_pct_error']:.1%}  noise {fig['noise']:.1%}", flush=True)
+                          f"{fig['max_abs_pct_error']:.1%}  noise {fig['noise']:.1%}  bias {fig['bias']:+.1%}  scatter "
+                          f"{fig['scatter']:.1%}  median SE {fig['median_se']:.1%}", flush=True)
                 write_result(args.out, result)
 
     summary = {}
