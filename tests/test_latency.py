@@ -431,6 +431,16 @@ def test_timing_pinned_to_one_core_runs_there_and_restores_the_affinity(tiny_spa
     assert unpinned["meta"]["pin_core"] is None and unpinned["meta"]["pinned_core"] is None
 
 
+def test_yaml_off_means_unpinned_and_yaml_on_is_refused():
+    """An unquoted `pin_core: off` in a YAML config arrives as False and means unpinned; `on`
+    arrives as True, which Python would take for core 1, and is refused."""
+    from picodet_nas.latency.timing import check_pin, resolve_pin
+
+    assert resolve_pin(yaml.safe_load("pin_core: off")["pin_core"], threads=1) is None
+    with pytest.raises(ValueError, match="expected auto, off or a core number, got True"):
+        check_pin(yaml.safe_load("pin_core: on")["pin_core"], threads=1)
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--pin-core", "fast"], "--pin-core fast: expected auto, off or a core number"),
     (["--pin-core", "0", "--threads", "2"], "pinning to one core needs threads = 1"),

@@ -72,14 +72,17 @@ def quietest_core(allowed: "set[int]", interval: float = 0.25) -> int:
 
 
 def check_pin(pin_core, threads: int, local: bool = True) -> None:
-    """`pin_core` is None/"off", "auto" or a core number (with `local`, one this process may run
-    on; a bundle's number is checked on its device), with one thread."""
+    """`pin_core` is None/"off"/False (YAML reads an unquoted `off` as False), "auto" or a core
+    number (with `local`, one this process may run on; a bundle's number is checked on its
+    device), with one thread."""
     if pin_core in (None, "off", False):
         return
     if threads != 1:
         raise ValueError(f"pinning to one core needs threads = 1, got {threads}")
     if pin_core == "auto":
         return
+    if isinstance(pin_core, bool):  # YAML reads `on`/`yes` as True; never a core number
+        raise ValueError(f"expected auto, off or a core number, got {pin_core!r}")
     try:
         core = int(pin_core)
     except (TypeError, ValueError):
