@@ -87,20 +87,24 @@ def measure(space_name: str, variant: str, load: str, args, timing_core: int | N
     return results
 
 
-def figures(results: dict, statistic: str, repeats: int) -> tuple[dict, dict]:
+def figures(results: dict, statistic: str) -> tuple[dict, dict]:
     """The table's validation figures, plus where its error comes from: `bias` (mean signed
     error predicted/measured - 1, a drift common to all subnets) against `scatter` (its standard
-    deviation), and `median_se` (the median over subnets of the standard error that sampling
-    alone gives a median of `repeats` timings, sqrt(pi/2) sigma / sqrt(n) with sigma read off
-    the (p90 - p10) spread of a normal: how much of the scatter the timing noise explains)."""
+    deviation), and `median_se` (the median over the validation subnets of the relative
+    standard error that sampling alone gives the median of that subnet's n timed calls,
+    re-measurements included: sqrt(pi/2) sigma / sqrt(n), sigma read off the (p90 - p10)
+    spread as a normal's). A prediction sums parts timed just as noisily, so timing noise alone
+    puts the scatter near sqrt(2) x median_se."""
     table = build_table(results, statistic=statistic, name=f"load-{statistic}")
     val = table["validation"]
     errors = [x["predicted_ms"] / x["measured_ms"] - 1 for x in val["samples"]]
-    sigma = [x["spread"] / 2.5631 for x in val["samples"]]
+    timed = [results["timings"][x["model"]] for x in results["manifest"]["validation"]]
+    se = [1.2533 * (t["spread"] / 2.5631) / t["samples"] ** 0.5 for t in timed]
     return table, {"mape": val["mape"], "within_5pct": val["within_5pct"], "within_10pct": val["within_10pct"],
                    "max_abs_pct_error": val["max_abs_pct_error"], "kendall_tau": val["kendall_tau"],
                    "noise": val["noise"], "bias": statistics.mean(errors), "scatter": statistics.stdev(errors),
-                   "median_se": statistics.median(1.2533 * s / repeats ** 0.5 for s in sigma)}
+                   "median_se": statistics.median(se),
+                   "timed_calls": statistics.median(t["samples"] for t in timed)}
 
 
 def main() -> None:
@@ -139,7 +143,7 @@ def main() -> None:
                     tmp.write_text(json.dumps(results))
                     os.replace(tmp, path)
                 for statistic in STATISTICS:
-                    table, fig = figures(results, statistic, int(results["settings"].get("repeats", args.repeats)))
+                    table, fig = figures(results, statistic)
                     tables[space, variant, load, statistic] = table
                     row = {"space": space, "variant": variant, "load": load, "statistic": statistic, **fig,
                            "build_s": results.get("benchmark_build_s"),
@@ -154,7 +158,7 @@ def main() -> None:
                     print(f"{space:>16} {variant:>11} {load:>4} {statistic:>6}: MAPE {fig['mape']:.2%}  "
                           f"±5% {fig['within_5pct']:.0%}  ±10% {fig['within_10pct']:.0%}  worst "
                           f"{fig['max_abs_pct_error']:.1%}  noise {fig['noise']:.1%}  bias {fig['bias']:+.1%}  scatter "
-                          f"{fig['scatter']:.1%}  median SE {fig['median_se']:.1%}", flush=True)
+                          f"{fig['scatter']:.1%}  median SE {fig['median_se']:.1%} ({fig['timed_calls']:.0f} calls)", flush=True)
                 write_result(args.out, result)
 
     summary = {}
