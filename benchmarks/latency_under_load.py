@@ -28,7 +28,9 @@ Run it with nothing else on the machine (the `none` rows must be quiet):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -107,6 +109,49 @@ def figures(results: dict, statistic: str) -> tuple[dict, dict]:
                    "timed_calls": statistics.median(t["samples"] for t in timed)}
 
 
+def decomposition(tables: dict, space: str) -> dict | None:
+    """Where a table's error comes from, from the runs of one space (same seed, so the same
+    validation subnets; median statistic): each run's noise on one subnet's measured and on its
+    predicted latency (the standard deviation over subnets of the log ratio between two runs,
+    over sqrt(2); median over pairs of runs), each run's own scatter of predicted / measured,
+    and that scatter, MAPE and share within ±5% once each subnet's measured and predicted
+    latencies are averaged (geometric mean) over all runs, and, for each number n of runs, the
+    median and worst MAPE and the worst share within ±5% over every choice of n runs. What the
+    averages leave is the sum-of-parts model's own error (plus the averages' remaining noise)."""
+    runs = {}
+    for (sp, variant, load, statistic), table in tables.items():
+        if sp == space and statistic == "median":
+            runs[variant, load] = {json.dumps(x["arch"], sort_keys=True): (x["measured_ms"], x["predicted_ms"])
+                                   for x in table["validation"]["samples"]}
+    if len(runs) < 2:
+        return None
+    keys = sorted(set.intersection(*(set(v) for v in runs.values())))
+
+    def sd_between(a, b, i):
+        return statistics.stdev(math.log(runs[a][k][i] / runs[b][k][i]) for k in keys) / math.sqrt(2)
+
+    pairs = list(itertools.combinations(runs, 2))
+    own = [statistics.stdev(math.log(v[k][1] / v[k][0]) for k in keys) for v in runs.values()]
+    gm = {k: [math.exp(statistics.mean(math.log(v[k][i]) for v in runs.values())) for i in (0, 1)] for k in keys}
+    rel = [p / m - 1 for m, p in gm.values()]
+    def averaged(combo) -> tuple[float, float]:
+        rel = [math.exp(statistics.mean(math.log(runs[r][k][1] / runs[r][k][0]) for r in combo)) - 1 for k in keys]
+        return statistics.mean(abs(e) for e in rel), sum(abs(e) <= 0.05 for e in rel) / len(rel)
+
+    by_count = {}
+    for n in range(1, len(runs) + 1):
+        figs = [averaged(c) for c in itertools.combinations(runs, n)]
+        by_count[n] = {"median_mape": statistics.median(f[0] for f in figs), "worst_mape": max(f[0] for f in figs),
+                       "worst_within_5pct": min(f[1] for f in figs)}
+    return {"runs": len(runs), "subnets": len(keys), "averaged_over_n_runs": by_count,
+            "measured_noise_per_run": statistics.median(sd_between(a, b, 0) for a, b in pairs),
+            "predicted_noise_per_run": statistics.median(sd_between(a, b, 1) for a, b in pairs),
+            "scatter_per_run": statistics.median(own),
+            "averaged": {"scatter": statistics.stdev(math.log(p / m) for m, p in gm.values()),
+                         "mape": statistics.mean(abs(e) for e in rel),
+                         "within_5pct": sum(abs(e) <= 0.05 for e in rel) / len(rel)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spaces", nargs="+", default=["quickstart", "picodet_s_joint"])
@@ -169,6 +214,17 @@ def main() -> None:
             summary[f"{variant}/{statistic}"] = {**worst, "meets_bar": worst["mape"] <= BAR["mape"]
                                                  and worst["within_5pct"] >= BAR["within_5pct"]}
     result["worst_case"] = summary
+    result["noise_decomposition"] = {space: decomposition(tables, space) for space in args.spaces}
+    print("\nwhere the error comes from (median statistic; noise of one run on one subnet):")
+    for space, d in result["noise_decomposition"].items():
+        if d:
+            print(f"  {space:>16}: measured {d['measured_noise_per_run']:.2%}  predicted "
+                  f"{d['predicted_noise_per_run']:.2%}  scatter per run {d['scatter_per_run']:.2%}; averaged over "
+                  f"{d['runs']} runs: scatter {d['averaged']['scatter']:.2%}  MAPE {d['averaged']['mape']:.2%}  "
+                  f"within ±5% {d['averaged']['within_5pct']:.0%}")
+            for n, f in d["averaged_over_n_runs"].items():
+                print(f"  {'':>16}  averaged over {n} run(s): MAPE median {f['median_mape']:.2%}, worst "
+                      f"{f['worst_mape']:.2%}; within ±5% worst {f['worst_within_5pct']:.0%}")
     result["loadavg_at_end"] = os.getloadavg()
     write_result(args.out, result)
     print("\nworst case over spaces and loads (bar: MAPE <= 2%, >= 95% within ±5%):")
