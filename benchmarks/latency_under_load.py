@@ -23,6 +23,7 @@ Run it with nothing else on the machine (the `none` rows must be quiet):
     python benchmarks/latency_under_load.py --out benchmarks/results/latency_under_load.json
     python benchmarks/latency_under_load.py --spaces quickstart --variants wall cpu-pinned --repeats 20 \\
         --out runs/bench/latency_under_load_smoke.json                                # a smoke run
+    python benchmarks/latency_under_load.py --phases 4 --out benchmarks/results/latency_under_load_p4.json
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def measure(space_name: str, variant: str, load: str, args, timing_core: int | N
     manifest = plan_for(load_space(space_name), threads=1, repeats=args.repeats, warmup=args.warmup,
                         calibrate=args.subnets, validate=args.subnets, clock=v["clock"],
                         pin_core=str(timing_core) if v["pin"] and timing_core is not None else None,
-                        seed=args.seed)
+                        phases=args.phases, seed=args.seed)
     side = start_load(load_core) if load == "busy" else None
     try:
         time.sleep(0.5 if side else 0)  # the load is running before the first timing
@@ -160,6 +161,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=run_bundle.DEFAULT_REPEATS)
     ap.add_argument("--warmup", type=int, default=run_bundle.DEFAULT_WARMUP)
     ap.add_argument("--subnets", type=int, default=30, help="calibration and validation subnets each (default: 30)")
+    ap.add_argument("--phases", type=int, default=1,
+                    help="independent passes over every model per measurement, averaged (default: 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", type=Path, default=BENCH_ROOT / "latency-under-load")
     ap.add_argument("--out", help="write the result JSON here")
@@ -173,12 +176,13 @@ def main() -> None:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "latency_under_load", "command": " ".join(sys.argv), "cores": allowed,
               "timing_core": timing_core, "load_core": load_core, "repeats": args.repeats, "warmup": args.warmup,
-              "subnets": args.subnets, "bar": BAR, "rows": [], "loadavg_at_start": os.getloadavg()}
+              "subnets": args.subnets, "phases": args.phases, "bar": BAR, "rows": [], "loadavg_at_start": os.getloadavg()}
     tables: dict[tuple, dict] = {}
     for space in args.spaces:
         for variant in args.variants:
             for load in args.loads:
-                path = args.run_dir / f"{space}-{variant}-{load}-r{args.repeats}-s{args.seed}.json"
+                phased = f"-p{args.phases}" if args.phases > 1 else ""
+                path = args.run_dir / f"{space}-{variant}-{load}-r{args.repeats}{phased}-s{args.seed}.json"
                 if path.is_file():
                     results = json.loads(path.read_text())
                 else:

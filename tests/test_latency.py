@@ -473,6 +473,42 @@ def test_a_table_too_noisy_for_the_asked_accuracy_says_so(tiny_space_file, tmp_p
     assert e.value.code == 2 and "expected a fraction in (0, 1)" in capsys.readouterr().err
 
 
+def test_phases_are_averaged_geometrically_and_one_phase_is_left_alone():
+    from picodet_nas.latency.timing import PHASE_FIGURES, combine_phases
+
+    one = {"m": {**{k: 2.0 for k in PHASE_FIGURES}, "spread": 0.1, "samples": 60, "remeasured": 1}}
+    assert combine_phases([one]) is one
+    other = {"m": {**{k: 8.0 for k in PHASE_FIGURES}, "spread": 0.3, "samples": 120, "remeasured": 0}}
+    third = {"m": {**{k: 4.0 for k in PHASE_FIGURES}, "spread": 0.2, "samples": 60, "remeasured": 2}}
+    m = combine_phases([one, other, third])["m"]
+    assert all(m[k] == pytest.approx(4.0) for k in PHASE_FIGURES)  # (2 * 8 * 4) ** (1/3)
+    assert m["spread"] == pytest.approx(0.2) and m["samples"] == 240 and m["remeasured"] == 3
+    assert m["phases"] == 3 and m["phase_spread"] == pytest.approx((8 - 2) / 4)
+
+
+def test_a_table_timed_in_phases_records_them_and_retrain_times_alike(tiny_space_file, tmp_path):
+    """--phases 2: every model is timed in two passes (twice the calls), the table says so, and a
+    measured latency repeats the table's measurement (`table_timing`)."""
+    from picodet_nas.latency.profiler import table_timing
+
+    out = tmp_path / "phased.json"
+    assert main(["profile-device", "--space", str(tiny_space_file), "--input-size", "64", *FAST,
+                 "--phases", "2", "--out", str(out)]) == 0
+    table = load_table(out)
+    assert table["meta"]["phases"] == 2 and table_timing(table)["phases"] == 2
+    assert all(e["samples"] >= 8 for e in table["entries"])  # 2 phases x 4 repeats at least
+    assert main(["profile-device", "--space", str(tiny_space_file), "--input-size", "64", *FAST,
+                 "--out", str(tmp_path / "plain.json")]) == 0
+    assert load_table(tmp_path / "plain.json")["meta"]["phases"] == 1
+
+
+def test_bad_phases_are_one_line(tiny_space_file, tmp_path, capsys):
+    assert main(["profile-device", "--space", str(tiny_space_file), "--input-size", "64", *FAST,
+                 "--phases", "0", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--phases must be an integer >= 1" in err and "\n" not in err and not (tmp_path / "x.json").exists()
+
+
 # ---------------------------------------------------------------------------- INT8
 def test_an_int8_part_is_a_quantized_model_with_its_weights_inside(tiny_space, tmp_path):
     """--precision int8: each part is exported, then statically quantized (QDQ, int8 weights per

@@ -63,6 +63,10 @@ def register(sub) -> None:
     p.add_argument("--pin-core", metavar="auto|N|off", default=None,
                    help="time on one core: auto (the idlest when profiling starts), a core number, or off "
                         "(default: off; --threads 1 only). The measured latencies of nas retrain follow the table")
+    p.add_argument("--phases", type=int, default=run_bundle.DEFAULT_PHASES, metavar="K",
+                   help="time every model in K independent passes, each with freshly loaded models, and average "
+                        "them (geometric mean): run-to-run noise is what one pass cannot average out "
+                        f"(default: {run_bundle.DEFAULT_PHASES}; K times the timing)")
     p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
                    help="onnxruntime (default) or torch (eager PyTorch, torch.set_num_threads(T))")
     p.add_argument("--device-name", help="device name in the table and its default file name (default: host name)")
@@ -91,7 +95,8 @@ def plan_settings(values: dict) -> dict:
                 validate=values["validate"], num_classes=values["num_classes"],
                 statistic=values["statistic"] or "median", clock=values["clock"],
                 allow_spinning={"auto": None, "on": True, "off": False}[values["spinning"]],
-                pin_core=values.get("pin_core"), precision=values.get("precision") or "fp32", seed=values["seed"])
+                pin_core=values.get("pin_core"), precision=values.get("precision") or "fp32",
+                phases=1 if values.get("phases") is None else values["phases"], seed=values["seed"])
 
 
 class _ProgressBars:

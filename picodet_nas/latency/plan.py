@@ -117,7 +117,7 @@ def timing_settings(**overrides: Any) -> dict:
          "warmup": run_bundle.DEFAULT_WARMUP, "burst": run_bundle.DEFAULT_BURST, "clock": "wall",
          "max_loaded": run_bundle.DEFAULT_MAX_LOADED, "spread_limit": run_bundle.DEFAULT_SPREAD_LIMIT,
          "max_remeasure": run_bundle.DEFAULT_MAX_REMEASURE, "allow_spinning": None, "pin_core": None,
-         "statistic": "median", "precision": "fp32", "seed": 0}
+         "phases": run_bundle.DEFAULT_PHASES, "statistic": "median", "precision": "fp32", "seed": 0}
     s.update({k: v for k, v in overrides.items() if v is not None})
     return s
 

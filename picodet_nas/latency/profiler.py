@@ -30,7 +30,7 @@ from .plan import build_module, export_model, make_plan, timing_settings
 from .results import build_table
 from .int8 import check_precision
 from .table import check_statistic
-from .timing import Progress, check_clock, check_pin, measure, pinned, resolve_pin
+from .timing import Progress, check_clock, check_phases, check_pin, combine_phases, measure, pinned, resolve_pin
 
 BACKENDS = ("onnxruntime", "torch")
 
@@ -73,21 +73,28 @@ def time_torch(manifest: dict, *, device_name: str | None = None, progress: Prog
     s = dict(manifest["settings"])
     check_clock(s["clock"], int(s["threads"]))
     s["pinned_core"] = resolve_pin(s.get("pin_core"), int(s["threads"]))
+    s["phases"] = check_phases(s.get("phases", run_bundle.DEFAULT_PHASES))
     started = time.time()
-    timings: dict[str, dict] = {}
+    per_phase: list[dict[str, dict]] = []
     with torch_threads(s["threads"]), pinned(s["pinned_core"]):
         torch.manual_seed(int(s.get("seed", 0)))
-        for group, names in run_bundle.model_groups(manifest).items():
-            fns = {}
-            for name in names:
-                module, inputs = build_module(manifest["models"][name], manifest["num_classes"])
+        for phase in range(s["phases"]):
+            timings: dict[str, dict] = {}
+            label = f"phase {phase + 1}/{s['phases']}: " if s["phases"] > 1 else ""
+            for group, names in run_bundle.model_groups(manifest).items():
+                fns = {}
+                for name in names:
+                    module, inputs = build_module(manifest["models"][name], manifest["num_classes"])
 
-                def call(m=module, x=inputs):
-                    with torch.inference_mode():
-                        return m(*x)
+                    def call(m=module, x=inputs):
+                        with torch.inference_mode():
+                            return m(*x)
 
-                fns[name] = call
-            timings.update(measure(fns, s, progress, f"timing {group}s"))
+                    fns[name] = call
+                timings.update(measure(fns, {**s, "seed": int(s.get("seed", 0)) + phase}, progress,
+                                       f"{label}timing {group}s"))
+            per_phase.append(timings)
+    timings = combine_phases(per_phase)
     s["allow_spinning"] = None
     return run_bundle.results_document(manifest, s, timings, started, backend="torch",
                                        backend_version=torch.__version__, execution_provider=None,
@@ -100,9 +107,10 @@ def plan_for(space: SearchSpace, *, input_sizes=None, threads: int = run_bundle.
              burst: int = run_bundle.DEFAULT_BURST, calibrate: int = 30, validate: int = 30,
              num_classes: int = 80, statistic: str = "median", clock: str = "wall",
              allow_spinning: bool | None = None, pin_core: int | str | None = None, precision: str = "fp32",
-             seed: int = 0) -> dict:
+             phases: int = run_bundle.DEFAULT_PHASES, seed: int = 0) -> dict:
     """The manifest with the profiling settings folded in (argument checks included)."""
     for flag, value, low in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
+                             ("phases", phases, 1),
                              ("burst", burst, 1), ("calibrate", calibrate, 0), ("validate", validate, 0),
                              ("num-classes", num_classes, 1)):
         if not isinstance(value, int) or value < low:
@@ -118,7 +126,7 @@ def plan_for(space: SearchSpace, *, input_sizes=None, threads: int = run_bundle.
     except ValueError as e:
         raise LatencyTableError(f"--pin-core {pin_core}: {e}") from None
     settings = {"threads": threads, "repeats": repeats, "warmup": warmup, "burst": burst, "clock": clock,
-                "allow_spinning": allow_spinning, "pin_core": pin_core, "statistic": statistic,
+                "allow_spinning": allow_spinning, "pin_core": pin_core, "phases": phases, "statistic": statistic,
                 "precision": precision, "seed": seed}
     return make_plan(space, input_sizes=input_sizes, num_classes=num_classes, calibrate=calibrate,
                      validate=validate, seed=seed, settings=settings)
@@ -149,7 +157,7 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
                     burst: int = run_bundle.DEFAULT_BURST, statistic: str = "median", clock: str = "wall",
                     allow_spinning: bool | None = None, spread_limit: float | None = None,
                     max_remeasure: int | None = None, pin_core: int | str | None = None, precision: str = "fp32",
-                    seed: int = 0) -> dict:
+                    phases: int | None = None, seed: int = 0) -> dict:
     """Measured whole-network latency of `arch` on this machine, timed exactly as a table's
     validation subnets are (deployed form, ONNX Runtime, batch 1, quantized for `precision`
     int8); for `measured_latency_ms`. `table_timing(table)` gives the arguments that repeat a
@@ -167,7 +175,7 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
         export_models(manifest, Path(d))
         return _time_whole(d, manifest, statistic=statistic, threads=threads, repeats=repeats, warmup=warmup,
                            burst=burst, clock=clock, allow_spinning=allow_spinning, spread_limit=spread_limit,
-                           max_remeasure=max_remeasure, pin_core=pin_core)
+                           max_remeasure=max_remeasure, pin_core=pin_core, phases=phases)
 
 
 def measure_onnx(path: str | Path, *, statistic: str = "median", seed: int = 0, **timing: Any) -> dict:
@@ -195,7 +203,7 @@ def _time_whole(bundle_dir: str, manifest: dict, *, statistic: str, **timing: An
 
 def table_timing(table: dict) -> dict[str, Any]:
     """`measure_latency` keyword arguments that time a network the way `table` was measured
-    (threads, repeats, warm-up, burst, clock, spinning, re-measuring, statistic), so that a
+    (threads, repeats, warm-up, burst, clock, spinning, re-measuring, phases, statistic), so that a
     measured latency and the table's prediction compare like with like."""
     meta = table["meta"]
     out: dict[str, Any] = {k: meta[k] for k in ("threads", "repeats", "warmup", "statistic")}
@@ -204,6 +212,7 @@ def table_timing(table: dict) -> dict[str, Any]:
     out["allow_spinning"] = meta.get("allow_spinning")
     out["spread_limit"] = meta.get("spread_limit")
     out["max_remeasure"] = meta.get("max_remeasure")
+    out["phases"] = int(meta.get("phases", run_bundle.DEFAULT_PHASES))
     # a core number names a core of the profiling machine; here the idlest core stands for it
     out["pin_core"] = "auto" if meta.get("pin_core") not in (None, "off", "auto") else meta.get("pin_core")
     out["precision"] = meta.get("precision", "fp32")

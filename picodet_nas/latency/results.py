@@ -70,6 +70,7 @@ def build_table(results: dict, *, name: str | None = None, statistic: str | None
         "clock": s.get("clock", "wall"),
         "spread_limit": float(s["spread_limit"]),
         "max_remeasure": int(s["max_remeasure"]),
+        "phases": int(s.get("phases", 1)),
         "statistic": statistic,
         "timing": "interleaved round-robin over each group's models; per visit 1 untimed call, then `burst` "
                   "timed calls on `clock`; wide models re-measured; figure = `statistic` over all timed calls",

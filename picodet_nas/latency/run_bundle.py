@@ -25,7 +25,9 @@ How models are timed:
 * Each group of models (parts, whole networks) is timed by `timing.measure`: warm-up calls,
   then interleaved round-robin rounds of untimed + `burst` timed calls, on the wall clock
   or the calling thread's CPU time, median and spread, wide models re-measured; with
-  `pin_core` (1 thread) on one core for the whole measurement.
+  `pin_core` (1 thread) on one core for the whole measurement. With `phases` K > 1 the whole
+  measurement runs K times, each with fresh sessions, and each model's figures are the
+  geometric mean of its K phases (`timing.combine_phases`).
 * The bundle ships its models without weights: each model's float weights live in an
   ONNX external-data file that this runner writes with random values (scaled by fan-in)
   before loading. Weight values do not change the cost of dense kernels, and the bundle
@@ -51,10 +53,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 if __package__:
-    from .timing import CLOCKS, Progress, check_clock, measure, pinned, resolve_pin
+    from .timing import CLOCKS, Progress, check_clock, check_phases, combine_phases, measure, pinned, resolve_pin
 else:  # run as a script (on the device): the bundle's copy of timing.py lies beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from timing import CLOCKS, Progress, check_clock, measure, pinned, resolve_pin
+    from timing import CLOCKS, Progress, check_clock, check_phases, combine_phases, measure, pinned, resolve_pin
 
 RUNNER_VERSION = 1
 MANIFEST = "manifest.json"
@@ -70,6 +72,7 @@ DEFAULT_BURST = 5  # timed calls per visit of the round-robin
 DEFAULT_SPREAD_LIMIT = 0.15  # (p90 - p10) / median above which a model is measured again
 DEFAULT_MAX_REMEASURE = 2  # extra passes over the wide models at most
 DEFAULT_MAX_LOADED = 128  # sessions held at once (every session holds its own arena of memory)
+DEFAULT_PHASES = 1  # independent passes over every model, each with fresh sessions, averaged
 
 
 # ---------------------------------------------------------------------------- ONNX Runtime
@@ -172,7 +175,7 @@ def load_manifest(bundle_dir: Path) -> dict:
 
 
 SETTINGS = ("threads", "repeats", "warmup", "burst", "clock", "max_loaded", "spread_limit", "max_remeasure",
-            "allow_spinning", "pin_core")
+            "allow_spinning", "pin_core", "phases")
 
 
 def run_bundle(bundle_dir: "str | Path", manifest: Optional[dict] = None, *, device_name: Optional[str] = None,
@@ -196,17 +199,24 @@ def run_bundle(bundle_dir: "str | Path", manifest: Optional[dict] = None, *, dev
     s.setdefault("clock", "wall")
     check_clock(s["clock"], int(s["threads"]))
     s["pinned_core"] = resolve_pin(s.get("pin_core"), int(s["threads"]))
+    s["phases"] = check_phases(s.get("phases", DEFAULT_PHASES))
     started = time.time()
     rng = np.random.default_rng(int(s.get("seed", 0)))
-    timings: Dict[str, dict] = {}
+    per_phase: List[Dict[str, dict]] = []
     with pinned(s["pinned_core"]):
-        _time_groups(bundle_dir, manifest, s, rng, timings, progress)
+        for phase in range(s["phases"]):
+            timings: Dict[str, dict] = {}
+            label = f"phase {phase + 1}/{s['phases']}: " if s["phases"] > 1 else ""
+            _time_groups(bundle_dir, manifest, {**s, "seed": int(s.get("seed", 0)) + phase}, rng, timings, progress,
+                         label)
+            per_phase.append(timings)
+    timings = combine_phases(per_phase)
     return results_document(manifest, s, timings, started, backend="onnxruntime", backend_version=ort_version(),
                             execution_provider="CPUExecutionProvider", device_name=device_name)
 
 
 def _time_groups(bundle_dir: Path, manifest: dict, s: dict, rng, timings: Dict[str, dict],
-                 progress: Progress) -> None:
+                 progress: Progress, label: str = "") -> None:
     chunk = int(s.get("max_loaded") or DEFAULT_MAX_LOADED)
     for group, names in model_groups(manifest).items():
         chunks = [names[i:i + chunk] for i in range(0, len(names), chunk)]
@@ -218,7 +228,7 @@ def _time_groups(bundle_dir: Path, manifest: dict, s: dict, rng, timings: Dict[s
                     write_weights(bundle_dir, model["weights"], rng)
                 session = make_session(bundle_dir / model["file"], s["threads"], s["allow_spinning"])
                 fns[name] = session_call(session, rng)
-            stage = f"timing {group}s" + (f" ({c + 1}/{len(chunks)})" if len(chunks) > 1 else "")
+            stage = f"{label}timing {group}s" + (f" ({c + 1}/{len(chunks)})" if len(chunks) > 1 else "")
             timings.update(measure(fns, s, progress, stage))
             del fns
             gc.collect()
@@ -271,9 +281,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                                       "(default: the bundle's setting; 1 thread only)")
     p.add_argument("--max-loaded", type=int, help=f"ONNX Runtime sessions held at once (default: "
                                                   f"{DEFAULT_MAX_LOADED}; lower it on a board with little memory)")
+    p.add_argument("--phases", type=int, help="independent passes over every model, each with fresh sessions, "
+                                              "averaged (default: the bundle's setting)")
     p.add_argument("--device-name", help="name of this device in the table (default: the host name)")
     args = p.parse_args(argv)
-    for flag in ("threads", "repeats", "max_loaded"):
+    for flag in ("threads", "repeats", "max_loaded", "phases"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     try:
@@ -286,7 +298,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         results = run_bundle(args.bundle_dir, manifest, threads=args.threads, repeats=args.repeats,
                              warmup=args.warmup, clock=args.clock, max_loaded=args.max_loaded,
-                             pin_core=args.pin_core, device_name=args.device_name,
+                             pin_core=args.pin_core, phases=args.phases, device_name=args.device_name,
                              progress=_print_progress)
     except ValueError as e:
         print(f"run_bundle: error: {e}", file=sys.stderr)

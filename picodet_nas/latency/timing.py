@@ -187,6 +187,38 @@ def time_round_robin(fns: Dict[str, Callable[[], object]], calls: int, rng: rand
     return samples
 
 
+PHASE_FIGURES = ("median_ms", "p10_ms", "p25_ms", "p75_ms", "p90_ms")
+
+
+def combine_phases(phases: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, float]]:
+    """One figure per model from its `measure` statistics in several independent phases (each
+    with freshly loaded models): each latency figure is the geometric mean of the phases';
+    `spread` is the median of theirs, `samples` and `remeasured` add up, and `phase_spread` is
+    (largest - smallest) / mean of the phase medians. Run-to-run differences (a session's
+    memory placement, the machine's state during a phase) move a model's median by more than
+    its calls within one phase do, so only separate phases average them out. One phase: its
+    statistics unchanged."""
+    if len(phases) == 1:
+        return phases[0]
+    out: Dict[str, Dict[str, float]] = {}
+    for name in phases[0]:
+        per = [p[name] for p in phases]
+        stats = {k: float(np.exp(np.mean(np.log([s[k] for s in per])))) for k in PHASE_FIGURES}
+        medians = [s["median_ms"] for s in per]
+        stats.update(spread=float(np.median([s["spread"] for s in per])),
+                     samples=int(sum(s["samples"] for s in per)),
+                     remeasured=int(sum(s.get("remeasured", 0) for s in per)), phases=len(per),
+                     phase_spread=float((max(medians) - min(medians)) / stats["median_ms"]))
+        out[name] = stats
+    return out
+
+
+def check_phases(phases) -> int:
+    if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
+        raise ValueError(f"phases must be an integer >= 1, got {phases!r}")
+    return phases
+
+
 def measure(fns: Dict[str, Callable[[], object]], settings: Mapping, progress: Progress = None,
             stage: str = "timing") -> Dict[str, Dict[str, float]]:
     """Time every function the same way (see the module docstring); the statistics of each.
