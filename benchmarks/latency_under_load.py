@@ -131,12 +131,11 @@ def decomposition(tables: dict, space: str) -> dict | None:
     def sd_between(a, b, i):
         return statistics.stdev(math.log(runs[a][k][i] / runs[b][k][i]) for k in keys) / math.sqrt(2)
 
-    pairs = list(itertools.combinations(runs, 2))
-    own = [statistics.stdev(math.log(v[k][1] / v[k][0]) for k in keys) for v in runs.values()]
-    gm = {k: [math.exp(statistics.mean(math.log(v[k][i]) for v in runs.values())) for i in (0, 1)] for k in keys}
-    rel = [p / m - 1 for m, p in gm.values()]
+    def log_errors(combo) -> list[float]:  # per subnet, log(predicted / measured) averaged over the runs
+        return [statistics.mean(math.log(runs[r][k][1] / runs[r][k][0]) for r in combo) for k in keys]
+
     def averaged(combo) -> tuple[float, float]:
-        rel = [math.exp(statistics.mean(math.log(runs[r][k][1] / runs[r][k][0]) for r in combo)) - 1 for k in keys]
+        rel = [math.exp(e) - 1 for e in log_errors(combo)]
         return statistics.mean(abs(e) for e in rel), sum(abs(e) <= 0.05 for e in rel) / len(rel)
 
     by_count = {}
@@ -144,13 +143,14 @@ def decomposition(tables: dict, space: str) -> dict | None:
         figs = [averaged(c) for c in itertools.combinations(runs, n)]
         by_count[n] = {"median_mape": statistics.median(f[0] for f in figs), "worst_mape": max(f[0] for f in figs),
                        "worst_within_5pct": min(f[1] for f in figs)}
+    pairs = list(itertools.combinations(runs, 2))
+    mape_all, within_all = averaged(list(runs))
     return {"runs": len(runs), "subnets": len(keys), "averaged_over_n_runs": by_count,
             "measured_noise_per_run": statistics.median(sd_between(a, b, 0) for a, b in pairs),
             "predicted_noise_per_run": statistics.median(sd_between(a, b, 1) for a, b in pairs),
-            "scatter_per_run": statistics.median(own),
-            "averaged": {"scatter": statistics.stdev(math.log(p / m) for m, p in gm.values()),
-                         "mape": statistics.mean(abs(e) for e in rel),
-                         "within_5pct": sum(abs(e) <= 0.05 for e in rel) / len(rel)}}
+            "scatter_per_run": statistics.median(statistics.stdev(log_errors([r])) for r in runs),
+            "averaged": {"scatter": statistics.stdev(log_errors(list(runs))), "mape": mape_all,
+                         "within_5pct": within_all}}
 
 
 def main() -> None:

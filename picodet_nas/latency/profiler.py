@@ -30,7 +30,7 @@ from .plan import build_module, export_model, make_plan, timing_settings
 from .results import build_table
 from .int8 import check_precision
 from .table import check_statistic
-from .timing import Progress, check_clock, check_phases, check_pin, combine_phases, measure, pinned, resolve_pin
+from .timing import Progress, check_clock, check_phases, check_pin, measure, measure_in_phases, pinned, resolve_pin
 
 BACKENDS = ("onnxruntime", "torch")
 
@@ -75,26 +75,25 @@ def time_torch(manifest: dict, *, device_name: str | None = None, progress: Prog
     s["pinned_core"] = resolve_pin(s.get("pin_core"), int(s["threads"]))
     s["phases"] = check_phases(s.get("phases", run_bundle.DEFAULT_PHASES))
     started = time.time()
-    per_phase: list[dict[str, dict]] = []
+
+    def time_once(settings, label: str) -> dict[str, dict]:
+        timings: dict[str, dict] = {}
+        for group, names in run_bundle.model_groups(manifest).items():
+            fns = {}
+            for name in names:
+                module, inputs = build_module(manifest["models"][name], manifest["num_classes"])
+
+                def call(m=module, x=inputs):
+                    with torch.inference_mode():
+                        return m(*x)
+
+                fns[name] = call
+            timings.update(measure(fns, settings, progress, f"{label}timing {group}s"))
+        return timings
+
     with torch_threads(s["threads"]), pinned(s["pinned_core"]):
         torch.manual_seed(int(s.get("seed", 0)))
-        for phase in range(s["phases"]):
-            timings: dict[str, dict] = {}
-            label = f"phase {phase + 1}/{s['phases']}: " if s["phases"] > 1 else ""
-            for group, names in run_bundle.model_groups(manifest).items():
-                fns = {}
-                for name in names:
-                    module, inputs = build_module(manifest["models"][name], manifest["num_classes"])
-
-                    def call(m=module, x=inputs):
-                        with torch.inference_mode():
-                            return m(*x)
-
-                    fns[name] = call
-                timings.update(measure(fns, {**s, "seed": int(s.get("seed", 0)) + phase}, progress,
-                                       f"{label}timing {group}s"))
-            per_phase.append(timings)
-    timings = combine_phases(per_phase)
+        timings = measure_in_phases(s, time_once)
     s["allow_spinning"] = None
     return run_bundle.results_document(manifest, s, timings, started, backend="torch",
                                        backend_version=torch.__version__, execution_provider=None,

@@ -53,10 +53,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 if __package__:
-    from .timing import CLOCKS, Progress, check_clock, check_phases, combine_phases, measure, pinned, resolve_pin
+    from .timing import CLOCKS, Progress, check_clock, check_phases, measure, measure_in_phases, pinned, resolve_pin
 else:  # run as a script (on the device): the bundle's copy of timing.py lies beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from timing import CLOCKS, Progress, check_clock, check_phases, combine_phases, measure, pinned, resolve_pin
+    from timing import CLOCKS, Progress, check_clock, check_phases, measure, measure_in_phases, pinned, resolve_pin
 
 RUNNER_VERSION = 1
 MANIFEST = "manifest.json"
@@ -202,21 +202,17 @@ def run_bundle(bundle_dir: "str | Path", manifest: Optional[dict] = None, *, dev
     s["phases"] = check_phases(s.get("phases", DEFAULT_PHASES))
     started = time.time()
     rng = np.random.default_rng(int(s.get("seed", 0)))
-    per_phase: List[Dict[str, dict]] = []
     with pinned(s["pinned_core"]):
-        for phase in range(s["phases"]):
-            timings: Dict[str, dict] = {}
-            label = f"phase {phase + 1}/{s['phases']}: " if s["phases"] > 1 else ""
-            _time_groups(bundle_dir, manifest, {**s, "seed": int(s.get("seed", 0)) + phase}, rng, timings, progress,
-                         label)
-            per_phase.append(timings)
-    timings = combine_phases(per_phase)
+        timings = measure_in_phases(s, lambda settings, label: _time_groups(bundle_dir, manifest, settings, rng,
+                                                                            progress, label))
     return results_document(manifest, s, timings, started, backend="onnxruntime", backend_version=ort_version(),
                             execution_provider="CPUExecutionProvider", device_name=device_name)
 
 
-def _time_groups(bundle_dir: Path, manifest: dict, s: dict, rng, timings: Dict[str, dict],
-                 progress: Progress, label: str = "") -> None:
+def _time_groups(bundle_dir: Path, manifest: dict, s: dict, rng, progress: Progress,
+                 label: str = "") -> Dict[str, dict]:
+    """One pass over every model of the bundle, group by group, each model loaded afresh."""
+    timings: Dict[str, dict] = {}
     chunk = int(s.get("max_loaded") or DEFAULT_MAX_LOADED)
     for group, names in model_groups(manifest).items():
         chunks = [names[i:i + chunk] for i in range(0, len(names), chunk)]
@@ -232,6 +228,7 @@ def _time_groups(bundle_dir: Path, manifest: dict, s: dict, rng, timings: Dict[s
             timings.update(measure(fns, s, progress, stage))
             del fns
             gc.collect()
+    return timings
 
 
 def model_groups(manifest: dict) -> Dict[str, List[str]]:

@@ -219,6 +219,17 @@ def check_phases(phases) -> int:
     return phases
 
 
+def measure_in_phases(settings: Mapping, time_once: Callable[[Mapping, str], Dict[str, Dict[str, float]]]
+                      ) -> Dict[str, Dict[str, float]]:
+    """`settings["phases"]` (default 1) independent passes of `time_once(settings, label)`, each
+    pass with the seed moved on by one and its stage names prefixed by `label`, combined by
+    `combine_phases`. `time_once` loads its models afresh on every call."""
+    phases = check_phases(settings.get("phases", 1))
+    seed = int(settings.get("seed", 0))
+    return combine_phases([time_once({**settings, "seed": seed + p}, f"phase {p + 1}/{phases}: " if phases > 1 else "")
+                           for p in range(phases)])
+
+
 def measure(fns: Dict[str, Callable[[], object]], settings: Mapping, progress: Progress = None,
             stage: str = "timing") -> Dict[str, Dict[str, float]]:
     """Time every function the same way (see the module docstring); the statistics of each.
