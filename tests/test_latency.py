@@ -37,7 +37,7 @@ TINY = {
                 "head_convs": [1, 2], "input_size": [64, 96]},
 }
 FAST = ["--repeats", "4", "--warmup", "1", "--burst", "2", "--calibrate", "4", "--validate", "5",
-        "--num-classes", "4", "--device-name", "testbox"]
+        "--num-classes", "4", "--device-name", "testbox", "--phases", "1"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -96,7 +96,7 @@ def plan_settings(values: dict) -> dict:
                 statistic=values["statistic"] or "median", clock=values["clock"],
                 allow_spinning={"auto": None, "on": True, "off": False}[values["spinning"]],
                 pin_core=values.get("pin_core"), precision=values.get("precision") or "fp32",
-                phases=1 if values.get("phases") is None else values["phases"], seed=values["seed"])
+                phases=run_bundle.DEFAULT_PHASES if values.get("phases") is None else values["phases"], seed=values["seed"])
 
 
 class _ProgressBars:

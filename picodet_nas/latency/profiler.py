@@ -211,7 +211,7 @@ def table_timing(table: dict) -> dict[str, Any]:
     out["allow_spinning"] = meta.get("allow_spinning")
     out["spread_limit"] = meta.get("spread_limit")
     out["max_remeasure"] = meta.get("max_remeasure")
-    out["phases"] = int(meta.get("phases", run_bundle.DEFAULT_PHASES))
+    out["phases"] = int(meta.get("phases", 1))  # a table without it was timed in one pass
     # a core number names a core of the profiling machine; here the idlest core stands for it
     out["pin_core"] = "auto" if meta.get("pin_core") not in (None, "off", "auto") else meta.get("pin_core")
     out["precision"] = meta.get("precision", "fp32")
