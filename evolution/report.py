@@ -24,6 +24,16 @@ def best_of(candidates: Sequence[Scored]) -> Scored | None:
     return min(candidates, key=Scored.rank_key) if candidates else None
 
 
+def choose(candidates: Sequence[Scored], rescored: dict | None = None) -> Scored | None:
+    """The search's winner: `best_of` the candidates, or, after a re-scoring, the re-scored
+    candidate with the highest new score (ties: lower latency, then the arch key)."""
+    if not rescored:
+        return best_of(candidates)
+    again = rescored["scores"]
+    pool = [c for c in candidates if c.key in again]
+    return min(pool, key=lambda c: (-again[c.key]["map"], c.predicted_latency_ms, c.key)) if pool else best_of(candidates)
+
+
 def pareto_front(records: Iterable[Scored]) -> list[Scored]:
     """The records no other record beats on both mAP (higher) and predicted latency (lower),
     sorted by latency. Equal points keep one representative (the first by arch key)."""
@@ -92,7 +102,7 @@ def write_pareto_csv(path: Path, candidates: Sequence[Scored], references: Seque
     rows = []
     for rec, row in zip([*candidates, *references], records_table([*candidates, *references])):
         row["on_front"] = int(rec.role == "candidate" and rec.key in front)
-        row["chosen"] = int(best is not None and rec.role == "candidate" and rec.key == best.key)
+        row["chosen"] = int(best is not None and rec.key == best.key and rec.role == best.role)
         rows.append(row)
     atomic_write_text(path, _csv(rows, PARETO_COLUMNS))
 
@@ -143,16 +153,20 @@ def plot_pareto(path: Path, candidates: Sequence[Scored], references: Sequence[S
 
 
 def write_best_yaml(path: Path, best: Scored, *, space_ref: Mapping[str, str], provenance: Mapping[str, Any],
-                    extra_scores: Mapping[str, Any] | None = None) -> None:
+                    extra_scores: Mapping[str, Any] | None = None, lead: Mapping[str, Any] | None = None) -> None:
     """`best.yaml`: top-level `arch`, `space` {name, fingerprint}, `provenance` and `scores`
-    {map, predicted_latency_ms, params, flops, and the re-scoring's figures when there was one};
+    {map, predicted_latency_ms, params, flops, and the re-scoring's figures when there was one},
+    and `lead_check` (`evolution.lead.LeadCheck.to_dict`) when the winner's lead was checked;
     loadable by `load_arch_file`."""
-    save_arch(best.arch, path, extra={
+    extra: dict[str, Any] = {
         "space": dict(space_ref),
         "provenance": dict(provenance),
         "scores": {"map": best.map, "predicted_latency_ms": best.predicted_latency_ms, "params": best.params,
                    "flops": best.flops, **dict(extra_scores or {})},
-    })
+    }
+    if lead is not None:
+        extra["lead_check"] = dict(lead)
+    save_arch(best.arch, path, extra=extra)
 
 
 def generation_scalars(history: SearchHistory, g: int, best: Scored | None) -> dict[str, float]:
@@ -176,22 +190,26 @@ class SearchOutputs:
         self.provenance = provenance
         self.title = title
 
-    def write(self, history: SearchHistory, rescored: dict | None = None) -> Scored | None:
-        """`rescored` (`evolution.rescore.rescore`): choose among the re-scored candidates by their new score."""
+    def write(self, history: SearchHistory, rescored: dict | None = None, lead=None) -> Scored | None:
+        """`rescored` (`evolution.rescore.rescore`): choose among the re-scored candidates by their new
+        score; `lead` (`evolution.lead.LeadCheck`): when it did not keep the winner, the chosen
+        network is its uniform-width reference."""
         candidates, references = history.candidates(), history.references()
-        best = best_of(candidates)
+        best = choose(candidates, rescored)
         extra_scores: dict[str, Any] = {}
-        if rescored:
-            again = rescored["scores"]
-            pool = [c for c in candidates if c.key in again]
-            best = min(pool, key=lambda c: (-again[c.key]["map"], c.predicted_latency_ms, c.key))
-            extra_scores = {"rescore_map": again[best.key]["map"], "rescore_map50": again[best.key]["map50"],
-                            "rescore_images": rescored["images"], "rescored_candidates": len(again)}
+        if lead is not None and not lead.kept:
+            best = next(r for r in [*candidates, *references] if r.key == lead.reference)
+        if rescored and best is not None:
+            again = rescored["scores"].get(best.key)
+            extra_scores = {"rescore_map": again["map"] if again else lead.reference_map,
+                            "rescore_map50": again["map50"] if again else None,
+                            "rescore_images": rescored["images"], "rescored_candidates": len(rescored["scores"])}
         write_generations_csv(self.run_dir / "generations.csv", candidates)
         write_pareto_csv(self.run_dir / "pareto.csv", candidates, references, best)
         plot_pareto(self.run_dir / "pareto.png", candidates, references, best, self.budget_ms, self.title)
         if best is not None:
             write_best_yaml(self.run_dir / "best.yaml", best, space_ref=self.space.ref(),
                             provenance={**self.provenance, "generation": best.generation,
-                                        "candidates": len(candidates)}, extra_scores=extra_scores)
+                                        "candidates": len(candidates)}, extra_scores=extra_scores,
+                            lead=lead.to_dict() if lead is not None else None)
         return best

@@ -42,7 +42,8 @@ from .inputs import check_classes, load_inputs
 from .operators import Constraint, GenomeSpace
 from .pools import RaySession, make_pool
 from .proposers import make_proposer
-from .report import SearchOutputs, best_of, generation_scalars
+from .lead import check_lead
+from .report import SearchOutputs, best_of, choose, generation_scalars
 from .rescore import rescore
 from .settings import EvolveConfig, check_resume, check_settings, resolved_config, scoring_device
 
@@ -162,16 +163,26 @@ def run_evolve(cfg: EvolveConfig, progress: bool = True) -> EvolveResult:
             search.score_references(reference_archs(genomes))
         rescored = rescore(cfg, history, subsets, space.to_dict(), meta["num_classes"], state, run_dir,
                            resolved["supernet_sha256"], log)
-        best = writer.write(history, rescored)
+        uniform_keys = {a.key() for a in reference_archs(genomes)}
+        lead = check_lead(cfg, choose(history.candidates(), rescored), history, subsets, uniform_keys, budget_ms,
+                          space.to_dict(), meta["num_classes"], state, run_dir, resolved["supernet_sha256"], log)
+        best = writer.write(history, rescored, lead)
 
         candidates = history.candidates()
         wall = time.perf_counter() - started
-        again = (f" (re-scored on {rescored['images']} search-split images: {rescored['scores'][best.key]['map']:.4f})"
-                 if rescored else "")
+        again = ""
+        if rescored and best is not None:
+            score = rescored["scores"].get(best.key, {}).get("map", lead.reference_map if lead is not None else None)
+            again = f" (re-scored on {rescored['images']} search-split images: {score:.4f})" if score is not None else ""
+        verdict = ""
+        if lead is not None:
+            verdict = (f"; lead over the best uniform network in the budget {lead.lead:+.4f} mAP (z {lead.z_text})"
+                       if lead.kept else f"; the searched winner's lead ({lead.lead:+.4f} mAP, z {lead.z_text}) "
+                       f"is below --min-lead-z {lead.min_z:g}: returning the uniform network")
         summary = (f"best: mAP {best.map:.4f}{again} at {best.predicted_latency_ms:.2f} ms predicted (budget "
                    f"{format_ms(budget_ms)} ms), {best.params / 1e6:.2f}M params, {best.flops / 1e9:.3f} GFLOPs; "
                    f"{len(candidates)} candidates in {generations_done} generation(s), {search.scored_now} scored "
-                   f"now in {wall:.0f} s; {run_dir / 'best.yaml'}")
+                   f"now in {wall:.0f} s{verdict}; {run_dir / 'best.yaml'}")
         log.info(summary)
         return EvolveResult(run_dir=run_dir, best=best, candidates=len(candidates), generations=generations_done,
                             scored_now=search.scored_now, wall_s=wall, summary=summary)

@@ -62,6 +62,9 @@ class EvolveConfig:
     references: bool = True
     rescore_top: int = 5  # the best K candidates are scored again on more search-split images
     rescore_images: int | None = None  # None: every image of the search split
+    min_lead_z: float = 2.0  # a searched winner must lead the best in-budget uniform network by this many
+    # standard errors of the paired score difference, else the uniform network is returned (0: off)
+    lead_halves: int = 50  # random halves of the images for that standard error (delete-half jackknife)
     tensorboard: bool = False  # also write the best-so-far per generation as TensorBoard scalars
     device: str = "auto"  # where candidates are scored: auto (CUDA when the driver sees a GPU), cpu, cuda[:N]
     gpus_per_worker: float | None = None  # Ray workers: share of a GPU each (None: 1 on CUDA, 0 on the CPU)
@@ -94,6 +97,9 @@ def check_settings(cfg: EvolveConfig) -> None:
     need(cfg.batch_size >= 1, "batch-size", "at least 1", cfg.batch_size)
     need(cfg.rescore_top >= 0, "rescore-top", ">= 0 (0: no re-scoring)", cfg.rescore_top)
     need(cfg.rescore_images is None or cfg.rescore_images >= 1, "rescore-images", "at least 1", cfg.rescore_images)
+    need(cfg.min_lead_z >= 0 and cfg.min_lead_z != float("inf"), "min-lead-z", "a finite number >= 0 (0: off)",
+         cfg.min_lead_z)
+    need(cfg.lead_halves >= 2, "lead-halves", "at least 2", cfg.lead_halves)
     need(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", str(cfg.device)) is not None,
          "device", "auto, cpu, cuda or cuda:N", cfg.device)
     need(cfg.gpus_per_worker is None or cfg.gpus_per_worker >= 0, "gpus-per-worker", ">= 0", cfg.gpus_per_worker)

@@ -85,6 +85,13 @@ def register(sub) -> None:
                          "images (--rescore-images) and choose among them by that score (default: 5; 0: off)")
     sc.add_argument("--rescore-images", type=_count_or_all, default="all", metavar="N|all",
                     help="search-split images of the re-scoring (default: all of them)")
+    sc.add_argument("--min-lead-z", type=float, default=2.0, metavar="Z",
+                    help="keep a searched winner only if it leads the best uniform-width network that meets the "
+                         "budget by Z standard errors of the paired score difference on the re-scoring images "
+                         "(delete-half jackknife); otherwise best.yaml is that uniform network, since a smaller "
+                         "lead is a tie the scores cannot resolve (default: 2; 0: off)")
+    sc.add_argument("--lead-halves", type=int, default=50, metavar="N",
+                    help="random halves of the images for that standard error (default: 50)")
     sc.add_argument("--batch-size", type=int, default=16,
                     help="images per forward pass when scoring; does not change the scores (default: 16)")
     sc.add_argument("--data-seed", type=int, default=0,
