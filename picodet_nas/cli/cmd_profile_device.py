@@ -90,6 +90,8 @@ def _fraction(text: str) -> float:
 
 def plan_settings(values: dict) -> dict:
     """The measurement settings (`latency.plan_for`'s arguments) of the command's options."""
+    from ..latency import run_bundle
+
     return dict(input_sizes=values["input_size"], threads=values["threads"], repeats=values["repeats"],
                 warmup=values["warmup"], burst=values["burst"], calibrate=values["calibrate"],
                 validate=values["validate"], num_classes=values["num_classes"],
