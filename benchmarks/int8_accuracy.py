@@ -29,6 +29,7 @@ from picodet_nas.engine.int8_export import OnnxPicoDet, export_int8
 from picodet_nas.engine.session import load_split
 from picodet_nas.engine.trained import load_trained_model, resize_filter
 from picodet_nas.latency import load_table, measure_latency, table_timing
+from picodet_nas.latency.anchors import table_anchors
 from picodet_nas.latency.predictor import LatencyPredictor
 from picodet_nas.latency.profiler import measure_onnx
 
@@ -69,31 +70,42 @@ def main() -> None:
             print(f"{weights}: float mAP {row['float_mAP']:.4f}, int8 {row['int8_mAP']:.4f} "
                   f"(drop {row['mAP_drop']:+.4f})", flush=True)
             rows.append(row)
-        # latency: every file and network timed in interleaved rounds, as its table was measured
-        times: dict[tuple[int, str], list[float]] = {}
+        # latency: every file and network timed in interleaved rounds, as its table was measured, each
+        # beside the table's validation subnets nearest it (the machine's drift since the table: anchors)
+        times: dict[tuple[int, str], list[dict]] = {}
         for _ in range(args.latency_rounds if tables else 0):
             for i, row in enumerate(rows):
-                if "int8" in tables:
-                    t = table_timing(tables["int8"][0])
+                for key, (table, predictor) in tables.items():
+                    t = table_timing(table)
                     t.pop("precision", None)
-                    times.setdefault((i, "int8"), []).append(measure_onnx(row["_path"], **t)["latency_ms"])
-                if "fp32" in tables:
-                    t = table_timing(tables["fp32"][0])
-                    times.setdefault((i, "fp32"), []).append(
-                        measure_latency(row["_arch"], num_classes=row["_classes"], **t)["latency_ms"])
+                    anchors = {"anchors": table_anchors(table, predictor.predict(row["_arch"])),
+                               "anchor_classes": table["meta"]["num_classes"]}
+                    if key == "int8":
+                        stats = measure_onnx(row["_path"], precision="int8", **t, **anchors)
+                    else:
+                        stats = measure_latency(row["_arch"], num_classes=row["_classes"], **t, **anchors)
+                    times.setdefault((i, key), []).append(stats)
         for i, row in enumerate(rows):
             for key, (_, predictor) in tables.items():
-                measured = statistics.median(times[i, key])
+                runs = times[i, key]
+                measured = statistics.median(r["latency_ms"] for r in runs)
                 predicted = predictor.predict(row["_arch"])
                 row[f"{key}_measured_ms"], row[f"{key}_predicted_ms"] = round(measured, 4), round(predicted, 4)
                 row[f"{key}_measured_over_predicted"] = round(measured / predicted, 4)
+                if all("machine_speed" in r for r in runs):
+                    speed = statistics.median(r["machine_speed"] for r in runs)
+                    row[f"{key}_machine_speed"] = round(speed, 4)
+                    row[f"{key}_anchored_ratio"] = round(measured / (predicted * speed), 4)
             for k in ("_path", "_arch", "_classes"):
                 row.pop(k)
     worst = max(r["mAP_drop"] for r in rows)
     print(f"largest INT8 mAP drop {worst:+.4f} (bar: 0.02)")
     for r in rows:
-        if "int8_measured_over_predicted" in r:
-            print(f"{r['model']}: INT8 measured / predicted {r['int8_measured_over_predicted']:.3f}")
+        for key in ("int8", "fp32"):
+            if f"{key}_measured_over_predicted" in r:
+                print(f"{r['model']}: {key} measured / predicted {r[f'{key}_measured_over_predicted']:.3f}"
+                      + (f" (machine speed {r[f'{key}_machine_speed']:.3f} of the table's, anchored "
+                         f"{r[f'{key}_anchored_ratio']:.3f})" if f"{key}_anchored_ratio" in r else ""))
     write_result(args.out, {"benchmark": "int8_accuracy", "command": " ".join(sys.argv), "data": str(args.data),
                             "calib_images": args.calib_images, "int8_table": str(args.int8_table),
                             "float_table": str(args.float_table), "rows": rows, "largest_mAP_drop": worst,

@@ -10,6 +10,7 @@ the test can see the table's settings being used), and 16 + 8 generated images.
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -77,6 +78,14 @@ def test_retrain_of_a_search_result_measures_latency_like_its_table(toy, space, 
     timing = metrics["latency_measurement"]
     assert timing["latency_table"] == str(toy.table) and timing["repeats"] == 5 and timing["threads"] == 1
     assert timing["input_size"] == metrics["input_size"] and timing["samples"] >= 5
+    # the table's validation subnets were timed beside the model: the machine's speed against the table's
+    anchors = timing["anchors"]
+    assert len(anchors) == 4 and all(a["now_ms"] > 0 and a["table_ms"] > 0 for a in anchors)
+    speed = math.exp(sum(math.log(a["now_ms"] / a["table_ms"]) for a in anchors) / len(anchors))
+    assert metrics["machine_speed"] == pytest.approx(speed, rel=1e-3)
+    assert metrics["anchored_latency_ratio"] == pytest.approx(
+        metrics["measured_latency_ms"] / (metrics["predicted_latency_ms"] * speed), rel=1e-2)
+    assert "anchored" in r.stdout and "machine speed" in r.stdout
     assert metrics["init"] == "supernet"
     config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert config["init"] == "supernet" and config["init_from"] == str(toy.supernet)

@@ -170,6 +170,9 @@ def write_report(path: Path, s: Mapping[str, Any]) -> Path:
         f"| predicted latency | {_fmt(final.get('predicted_latency_ms'), '.3f', ' ms')} |",
         f"| measured latency | {_fmt(final.get('measured_latency_ms'), '.3f', ' ms')} |",
         f"| measured / predicted | {_fmt(final.get('latency_ratio'), '.3f')} |",
+        f"| machine speed against the table's (its validation subnets timed beside the model) | "
+        f"{_fmt(final.get('machine_speed'), '.3f')} |",
+        f"| measured / predicted at the table's speed (anchored) | {_fmt(final.get('anchored_latency_ratio'), '.3f')} |",
         f"| latency budget | {_fmt(final.get('latency_budget_ms'), 'g', ' ms')} |",
         f"| budget met | {'n/a' if final.get('budget_met') is None else ('yes' if final['budget_met'] else 'no')} |",
         "",

@@ -99,10 +99,15 @@ def int8_metrics(path: Path, num_classes: int, val_set: CocoDetection, input_siz
                            "mAP_drop": round(float_coco["mAP"] - coco["mAP"], 4)}
     if latency is not None:
         from ..latency.profiler import measure_onnx
+        from .measure import measurement_fields, plan_anchors
 
-        timing = {**latency["timing"], "precision": "int8"}
-        stats = measure_onnx(path, **{k: v for k, v in timing.items() if k != "precision"})
-        out["measured_latency_ms"] = round(stats["latency_ms"], 3)
-        if latency["timing"].get("precision") == "int8" and "predicted_latency_ms" in figures:
-            out["latency_ratio"] = round(stats["latency_ms"] / figures["predicted_latency_ms"], 4)
+        timing = dict(latency["timing"])
+        int8_table = timing.pop("precision", "fp32") == "int8"
+        predicted = figures.get("predicted_latency_ms") if int8_table else None
+        # anchors only from an INT8 table: a float table's subnets say nothing about INT8 speed
+        stats = measure_onnx(path, precision="int8", **timing, **(plan_anchors(latency, predicted) if int8_table else {}))
+        fields = measurement_fields(stats, predicted, None, {"precision": "int8"})
+        out.update(fields)
+        if predicted:
+            out["predicted_latency_ms"] = predicted
     return out

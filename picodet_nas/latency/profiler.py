@@ -156,11 +156,16 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
                     burst: int = run_bundle.DEFAULT_BURST, statistic: str = "median", clock: str = "wall",
                     allow_spinning: bool | None = None, spread_limit: float | None = None,
                     max_remeasure: int | None = None, pin_core: int | str | None = None, precision: str = "fp32",
-                    phases: int | None = None, seed: int = 0) -> dict:
+                    phases: int | None = None, seed: int = 0, anchors: list[dict] | None = None,
+                    anchor_classes: int | None = None) -> dict:
     """Measured whole-network latency of `arch` on this machine, timed exactly as a table's
     validation subnets are (deployed form, ONNX Runtime, batch 1, quantized for `precision`
     int8); for `measured_latency_ms`. `table_timing(table)` gives the arguments that repeat a
     given table's measurement.
+
+    `anchors` (`anchors.table_anchors`): subnets of the table timed in the same interleaved
+    rounds (with `anchor_classes` classes, default `num_classes`); the answer then also holds
+    each anchor's `now_ms` and `machine_speed` (see `anchors`).
 
     Returns the timing figures plus `latency_ms` (the figure named by `statistic`).
     """
@@ -172,31 +177,53 @@ def measure_latency(arch: Arch, *, num_classes: int = 80, threads: int = run_bun
                 "settings": timing_settings(seed=seed, precision=precision)}
     with tempfile.TemporaryDirectory(prefix="nas-measure-") as d:
         export_models(manifest, Path(d))
-        return _time_whole(d, manifest, statistic=statistic, threads=threads, repeats=repeats, warmup=warmup,
-                           burst=burst, clock=clock, allow_spinning=allow_spinning, spread_limit=spread_limit,
-                           max_remeasure=max_remeasure, pin_core=pin_core, phases=phases)
+        return _time_whole(d, manifest, statistic=statistic, anchors=anchors,
+                           anchor_classes=anchor_classes or num_classes, threads=threads, repeats=repeats,
+                           warmup=warmup, burst=burst, clock=clock, allow_spinning=allow_spinning,
+                           spread_limit=spread_limit, max_remeasure=max_remeasure, pin_core=pin_core, phases=phases)
 
 
-def measure_onnx(path: str | Path, *, statistic: str = "median", seed: int = 0, **timing: Any) -> dict:
+def measure_onnx(path: str | Path, *, statistic: str = "median", seed: int = 0, precision: str = "fp32",
+                 anchors: list[dict] | None = None, anchor_classes: int = 80, **timing: Any) -> dict:
     """Measured latency of an ONNX file with static inputs (e.g. `model.int8.onnx`), timed as
-    `measure_latency` times an exported network (`timing`: its keyword arguments)."""
+    `measure_latency` times an exported network (`timing`: its keyword arguments); `anchors` are
+    exported at `precision` with `anchor_classes` classes, as their table's subnets were."""
     import shutil
 
     check_statistic(statistic)
+    check_precision(precision)
     spec = {"group": "whole", "kind": "whole", "file": "models/whole.onnx"}
-    manifest = {"num_classes": 0, "models": {"whole": spec}, "settings": timing_settings(seed=seed)}
+    manifest = {"num_classes": 0, "models": {"whole": spec}, "settings": timing_settings(seed=seed, precision=precision)}
     with tempfile.TemporaryDirectory(prefix="nas-measure-") as d:
         (Path(d) / "models").mkdir()
         shutil.copyfile(path, Path(d) / spec["file"])
-        return _time_whole(d, manifest, statistic=statistic, **timing)
+        return _time_whole(d, manifest, statistic=statistic, anchors=anchors, anchor_classes=anchor_classes, **timing)
 
 
-def _time_whole(bundle_dir: str, manifest: dict, *, statistic: str, **timing: Any) -> dict:
+def _time_whole(bundle_dir: str, manifest: dict, *, statistic: str, anchors: list[dict] | None = None,
+                anchor_classes: int = 80, **timing: Any) -> dict:
+    """Time the manifest's `whole` model, with `anchors` exported beside it (`anchor0`...) and
+    timed in the same rounds of the same group."""
+    from .anchors import anchored
+
+    anchors = list(anchors or [])
+    for i, a in enumerate(anchors):
+        arch = Arch.from_dict(a["arch"])
+        spec = {"group": "whole", "kind": "whole", "file": f"models/anchor{i}.onnx", "arch": arch.to_dict(),
+                "inputs": [[1, 3, arch.input_size, arch.input_size]]}
+        with torch_threads(1):
+            export_model(spec, anchor_classes, Path(bundle_dir), seed=int(manifest["settings"].get("seed", 0)) + 1 + i,
+                         precision=manifest["settings"].get("precision", "fp32"))
+        manifest["models"][f"anchor{i}"] = spec
     overrides = {k: v for k, v in timing.items() if k in run_bundle.SETTINGS}
     results = run_bundle.run_bundle(bundle_dir, manifest, **overrides)
     stats = dict(results["timings"]["whole"])
     stats["latency_ms"] = stats[f"{statistic}_ms"]
     stats["statistic"] = statistic
+    if anchors:
+        stats["anchors"] = [{**a, "now_ms": round(results["timings"][f"anchor{i}"][f"{statistic}_ms"], 5)}
+                            for i, a in enumerate(anchors)]
+        stats.update(anchored(stats["latency_ms"], None, stats["anchors"]))
     return stats
 
 
