@@ -18,10 +18,7 @@ supernet on other images of the same distribution would order the two the other 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import io
-import random
 import statistics
 import sys
 import time
@@ -30,11 +27,11 @@ from pathlib import Path
 import yaml
 from train_common import write_result
 
+from evolution.lead import jackknife_halves, subset_map
 from evolution.scoring import NetworkScorer, ScoringData
 from picodet_nas.arch import Arch, load_arch_file
 from picodet_nas.checkpoint import apply_state, load_model_weights
 from picodet_nas.data import resolve_data
-from picodet_nas.evaluation import coco_evaluate
 from picodet_nas.space import SearchSpace
 from supernet.supernet import Supernet
 
@@ -77,14 +74,12 @@ def main() -> None:
         print(f"re-scored {r['arch_key']}: search's score {float(r['map']):.4f}", flush=True)
 
     def mAP(key: str, ids) -> float:
-        coco, dets, _ = scored[key]
-        keep = set(ids)
-        with contextlib.redirect_stdout(io.StringIO()):
-            return coco_evaluate(coco, [d for d in dets if d["image_id"] in keep], list(ids))["mAP"]
+        return subset_map(scored[key], ids)
 
     image_ids = scored[chosen["arch_key"]][2]
-    rng = random.Random(args.seed)
-    halves = [rng.sample(image_ids, len(image_ids) // 2) for _ in range(args.halves)]
+    # the halves of `nas evolve`'s lead check (sorted ids, then sampled: the committed JSON, made
+    # before the check existed, sampled the unsorted list, so a rerun draws other halves)
+    halves = jackknife_halves(image_ids, args.halves, args.seed)
     full = {k: mAP(k, image_ids) for k in scored}
     half = {k: [mAP(k, h) for h in halves] for k in scored}
     out_rows = []
