@@ -107,6 +107,19 @@ def test_report_holds_every_section_figure_and_number(tmp_path):
         assert needle in text, needle
 
 
+def test_report_says_why_the_lead_check_returned_the_uniform_network(tmp_path):
+    s = _summary()
+    s["evolve"]["pareto_check"] = {"tolerance": 0.15, "winner_map": 0.05, "winner_predicted_latency_ms": 1.7,
+                                   "winner_is_reference": "uniform 0.5 at 192 px", "references": [],
+                                   "winner_above_all": False}
+    s["evolve"]["lead_check"] = {"lead": 0.0017, "images": 96, "z": 1.37, "min_z": 2.0, "kept": False}
+    s["retrain"].update(machine_speed=1.283, anchored_latency_ratio=1.042)
+    text = write_report(tmp_path / "report.md", s).read_text()
+    assert "led it by +0.0017 mAP on 96 search-split images, +1.37 standard errors" in text
+    assert "below the lead check's 2" in text and "found no subnet" not in text
+    assert "| 1.283 |" in text and "(anchored) | 1.042 |" in text
+
+
 def test_supernet_curves_from_metrics_csv(tmp_path):
     rows = ["epoch,step,lr,loss,loss_vfl,loss_giou,loss_dfl,num_pos,img_per_s,epoch_time_s,wall_time_s,"
             "largest_mAP,largest_mAP50,smallest_mAP,smallest_mAP50"]

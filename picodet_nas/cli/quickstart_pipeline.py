@@ -176,6 +176,8 @@ def _pipeline(cfg: QuickstartConfig, run_dir: Path, log: logging.Logger, compare
     summary["evolve"] = {"best_yaml": str(best_yaml.relative_to(run_dir)), "pareto": "evolve/pareto.png",
                          "candidates": result.candidates, "generations": result.generations,
                          "arch": best_doc["arch"], "scores": best_doc["scores"]}
+    if best_doc.get("lead_check"):
+        summary["evolve"]["lead_check"] = best_doc["lead_check"]
     if (result.run_dir / "pareto.csv").is_file() and cfg.evolve.get("references", True) is not False:
         summary["evolve"]["pareto_check"] = pareto_check(space, result.run_dir / "pareto.csv")
 

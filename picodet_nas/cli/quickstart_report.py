@@ -54,11 +54,18 @@ def plot_supernet_curves(metrics_csv: Path, png: Path) -> Path:
 
 
 # ---- the report ----------------------------------------------------------------------------
-def _pareto_check_lines(check: Mapping[str, Any] | None) -> list[str]:
-    """The chosen subnet's supernet score against the uniform-width references near its latency."""
+def _pareto_check_lines(check: Mapping[str, Any] | None, lead: Mapping[str, Any] | None = None) -> list[str]:
+    """The chosen subnet's supernet score against the uniform-width references near its latency
+    (and, when the lead check returned the uniform network, why)."""
     if not check:
         return []
     if check.get("winner_is_reference"):
+        if lead and not lead.get("kept"):
+            z = lead["z"] if isinstance(lead["z"], str) else f"{lead['z']:+.2f}"
+            return [f"The search returned a uniform-width network ({check['winner_is_reference']}): its best "
+                    f"candidate led it by {lead['lead']:+.4f} mAP on {lead['images']} search-split images, "
+                    f"{z} standard errors of the paired difference, below the lead check's {lead['min_z']:g} "
+                    "(`--min-lead-z`): a tie the scores cannot resolve.", ""]
         return [f"The search chose a uniform-width network itself ({check['winner_is_reference']}): it found no "
                 "subnet the supernet scores higher near this latency.", ""]
     if not check["references"]:
@@ -152,7 +159,7 @@ def write_report(path: Path, s: Mapping[str, Any]) -> Path:
         "",
         f"![Pareto front]({evo['pareto']})",
         "",
-        *_pareto_check_lines(evo.get("pareto_check")),
+        *_pareto_check_lines(evo.get("pareto_check"), evo.get("lead_check")),
         "Chosen architecture: " + ", ".join(f"{k} `{v}`" for k, v in evo["arch"].items()) + ".",
         "",
         "## Final model",
