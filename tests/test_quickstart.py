@@ -188,7 +188,10 @@ def test_quickstart_end_to_end_on_a_tiny_config(tmp_path):
     assert check["winner_map"] == pytest.approx(best["scores"]["map"])
     assert check["winner_above_all"] == (check["winner_is_reference"] is None and all(
         check["winner_map"] > r["map"] for r in check["references"]))
-    if check["winner_is_reference"]:
+    lead = summary["evolve"].get("lead_check")
+    if check["winner_is_reference"] and lead is not None and not lead["kept"]:
+        assert "The search returned a uniform-width network" in report and "below the lead check's" in report
+    elif check["winner_is_reference"]:
         assert "The search chose a uniform-width network itself" in report
     elif check["references"]:
         assert "Uniform-width references within 15%" in report and check["references"][0]["label"] in report
