@@ -201,7 +201,8 @@ class SearchOutputs:
             best = next(r for r in [*candidates, *references] if r.key == lead.reference)
         if rescored and best is not None:
             again = rescored["scores"].get(best.key)
-            extra_scores = {"rescore_map": again["map"] if again else lead.reference_map,
+            # the lead check's reference may not be among the re-scored: its score on the same images
+            extra_scores = {"rescore_map": again["map"] if again else (lead.reference_map if lead else None),
                             "rescore_map50": again["map50"] if again else None,
                             "rescore_images": rescored["images"], "rescored_candidates": len(rescored["scores"])}
         write_generations_csv(self.run_dir / "generations.csv", candidates)

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from picodet_nas.engine.measure import measurement_fields
-from picodet_nas.latency.anchors import anchored, drift_line, speed_factor, table_anchors
+from picodet_nas.latency.anchors import anchored, describe, drift_line, drift_note, speed_factor, table_anchors
 
 
 def sample(pred: float, measured: float, size: int = 192) -> dict:
@@ -78,3 +78,12 @@ def test_measurement_fields_keep_the_raw_ratio_beside_the_anchored_one():
     plain = measurement_fields({**stats, "anchors": []}, None, None, {})
     assert set(plain) == {"measured_latency_ms", "latency_measurement"}
     assert math.isclose(plain["latency_measurement"]["p90_ms"], 2.8)
+
+
+def test_describe_and_drift_note_read_the_metrics():
+    metrics = {"latency_ratio": 1.3, "anchored_latency_ratio": 1.01, "machine_speed": 1.29,
+               "latency_measurement": {"anchors": [{}, {}, {}, {}]}}
+    assert describe(metrics) == "; measured / predicted 1.300 (anchored 1.010, machine speed 1.290)"
+    assert "29% slower" in drift_note(metrics) and "4 of its validation subnets" in drift_note(metrics)
+    assert describe({"latency_ratio": 0.9}) == "; measured / predicted 0.900" and describe({}) == ""
+    assert drift_note({"latency_ratio": 0.9}) is None

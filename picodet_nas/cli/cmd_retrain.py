@@ -150,6 +150,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.retrain import retrain
+    from ..latency.anchors import describe, drift_note
 
     values = resolve(args)
     options = {k: values[k] for k in (*TRAIN_OPTIONS, "input_size")}
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
                 line += f" / {metrics['predicted_latency_ms']:.3f} predicted"
             if "budget_met" in metrics:
                 line += f" (budget {metrics['latency_budget_ms']:g} ms {'met' if metrics['budget_met'] else 'MISSED'})"
-            line += anchored_text(metrics)
+            line += describe(metrics)
             if metrics.get("latency_measurement", {}).get("same_cpu_model") is False:
                 line += "; the latency table was measured on another CPU"
         if "int8" in metrics:
@@ -178,25 +179,12 @@ def run(args: argparse.Namespace) -> int:
                 line += f"  latency {q['measured_latency_ms']:.3f} ms measured"
                 if "predicted_latency_ms" in q:
                     line += f" / {q['predicted_latency_ms']:.3f} predicted"
-                line += anchored_text(q)
+                line += describe(q)
         print(line)
-        from ..latency.anchors import drift_line
-
-        drift = drift_line(metrics["machine_speed"], len(metrics["latency_measurement"]["anchors"])) \
-            if "machine_speed" in metrics else None
+        drift = drift_note(metrics)
         if drift:
             print(f"note: {drift}")
     return 0
-
-
-def anchored_text(metrics: dict[str, Any]) -> str:
-    """`; measured / predicted R (anchored A)` for a timed network's metrics, as far as known."""
-    text = ""
-    if "latency_ratio" in metrics:
-        text += f"; measured / predicted {metrics['latency_ratio']:.3f}"
-    if "anchored_latency_ratio" in metrics:
-        text += f" (anchored {metrics['anchored_latency_ratio']:.3f}, machine speed {metrics['machine_speed']:.3f})"
-    return text
 
 
 def _int8_calib(values: dict[str, Any]) -> int | None:

@@ -187,13 +187,11 @@ def _pipeline(cfg: QuickstartConfig, run_dir: Path, log: logging.Logger, compare
                       f"{retrain_options.get('epochs')} epoch(s)), export to ONNX, latency measured as the table was"):
         init = initial_weights({"init": init_kind}, str(best_yaml))
         metrics = retrain(str(best_yaml), str(data), options=retrain_options, out=str(run_dir / "retrain"), init=init)
-    if "machine_speed" in metrics:
-        from ..latency.anchors import drift_line
+    if "measured_latency_ms" in metrics:
+        from ..latency.anchors import describe, drift_note
 
-        log.info(f"measured {metrics['measured_latency_ms']:.3f} ms against {metrics['predicted_latency_ms']:.3f} ms "
-                 f"predicted (ratio {metrics['latency_ratio']:.3f}; anchored {metrics['anchored_latency_ratio']:.3f}, "
-                 f"machine speed {metrics['machine_speed']:.3f} of the table's)")
-        drift = drift_line(metrics["machine_speed"], len(metrics["latency_measurement"]["anchors"]))
+        log.info(f"measured {metrics['measured_latency_ms']:.3f} ms{describe(metrics)}")
+        drift = drift_note(metrics)
         if drift:
             log.info(f"note: {drift}")
     summary["retrain"] = {"metrics": f"retrain/{METRICS_FILE}", "model": f"retrain/{MODEL_FILE}",

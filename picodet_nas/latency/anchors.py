@@ -64,6 +64,24 @@ def anchored(measured_ms: float, predicted_ms: float | None, anchors: Sequence[M
     return out
 
 
+def describe(metrics: Mapping[str, Any]) -> str:
+    """`; measured / predicted R (anchored A, machine speed S)` for a timed network's metrics
+    (`engine.measure.measurement_fields`), as far as they are known."""
+    text = ""
+    if "latency_ratio" in metrics:
+        text += f"; measured / predicted {metrics['latency_ratio']:.3f}"
+    if "anchored_latency_ratio" in metrics:
+        text += f" (anchored {metrics['anchored_latency_ratio']:.3f}, machine speed {metrics['machine_speed']:.3f})"
+    return text
+
+
+def drift_note(metrics: Mapping[str, Any]) -> str | None:
+    """`drift_line` for a timed network's metrics (None when no anchors were timed)."""
+    if "machine_speed" not in metrics:
+        return None
+    return drift_line(metrics["machine_speed"], len(metrics["latency_measurement"]["anchors"]))
+
+
 def drift_line(speed: float, anchors: int) -> str | None:
     """A console line when the machine's speed has moved by more than `DRIFT_WARN` since the table."""
     if abs(speed - 1.0) <= DRIFT_WARN:
