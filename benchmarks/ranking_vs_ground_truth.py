@@ -44,7 +44,7 @@ from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.space import load_space
 from picodet_nas.utils.io import atomic_write_json
 
-STRATEGIES = ("uniform", "sandwich", "sandwich-kd")
+STRATEGIES = ("uniform", "sandwich", "sandwich-kd", "alternating")
 
 
 def strategy_flags(strategy: str, distill: float) -> list[str]:

@@ -52,7 +52,8 @@ from picodet_nas.space import load_space
 
 REPO = Path(__file__).resolve().parent.parent
 STRATEGY_FLAGS = {"uniform": ["--strategy", "uniform"], "sandwich": ["--strategy", "sandwich"],
-                  "sandwich-kd": ["--strategy", "sandwich", "--distill", "1.0"]}
+                  "sandwich-kd": ["--strategy", "sandwich", "--distill", "1.0"],
+                  "alternating": ["--strategy", "alternating"]}
 DEFAULT_TABLE = REPO / "latency_tables" / "epyc-2vcpu-ort-t1-quickstart.json"
 
 
@@ -79,11 +80,17 @@ def ranking_dir(space: str, epochs: int, batch_size: int, train_images: int, sea
     return BENCH_ROOT / f"supernet-ranking-{space}-e{epochs}-b{batch_size}-{train_images}-f{search_fraction:g}-s{seed}"
 
 
+def supernet_dirname(strategy: str, num_random: int) -> str:
+    """The folder of a supernet recipe: `supernet-uniform`, `supernet-sandwich-r2`, ... (the
+    number of random subnets per step or cycle matters for every rule but uniform)."""
+    return f"supernet-{strategy}" if strategy == "uniform" else f"supernet-{strategy}-r{num_random}"
+
+
 def quickstart_supernet(qs: dict, space: str, seed: int, strategy: str = "uniform") -> Path:
     """The supernet.pt this benchmark trains with the quick start's settings."""
     ds, sn = qs["dataset"], qs["supernet"]
     return ranking_dir(space, sn["epochs"], sn["batch_size"], ds["train"], sn["search_fraction"], seed) / \
-        f"supernet-{strategy}" / "supernet.pt"
+        supernet_dirname(strategy, sn.get("num_random", 2)) / "supernet.pt"
 
 
 def fmt_tau(tau: float | None) -> str:
@@ -141,9 +148,10 @@ def main() -> None:
     ap.add_argument("--latency-table", type=Path, default=DEFAULT_TABLE,
                     help="table that places the architectures on the latency range")
     ap.add_argument("--strategies", nargs="+", default=["uniform", "sandwich"], choices=list(STRATEGY_FLAGS),
-                    help="supernet recipes: uniform, sandwich, sandwich-kd (sandwich with --distill 1)")
+                    help="supernet recipes: uniform, sandwich, sandwich-kd (sandwich with --distill 1), "
+                         "alternating (largest, smallest, random ones on successive steps)")
     ap.add_argument("--num-random", type=int, default=qs["supernet"].get("num_random", 2),
-                    help="random subnets per sandwich step")
+                    help="random subnets per sandwich step (per alternating cycle)")
     ap.add_argument("--archs", type=int, default=8, help="architectures compared (default: 8)")
     ap.add_argument("--epochs", type=int, default=qs["supernet"]["epochs"])
     ap.add_argument("--batch-size", type=int, default=qs["supernet"]["batch_size"])
@@ -176,7 +184,7 @@ def main() -> None:
     # -- one supernet per sampling rule; each holds out the same search split -------------------
     supernets, split = {}, None
     for strategy in args.strategies:
-        out = run_dir / f"supernet-{strategy}"
+        out = run_dir / supernet_dirname(strategy, args.num_random)
         if not (out / "supernet.pt").is_file() or int(last_row(out / "metrics.csv")["epoch"]) < args.epochs:
             resume = ["--resume"] if (out / "last.pt").is_file() else []
             run(nas + ["train-supernet", "--space", args.space, "--data", str(data), *schedule,

@@ -302,6 +302,35 @@ def test_sampling_is_a_function_of_seed_and_step():
         SubnetSampler(space, "greedy")
 
 
+def test_alternating_spreads_the_sandwich_over_steps():
+    """One subnet per step; a cycle of 2 + num_random steps: largest, smallest, random ones."""
+    space = load_space("picodet_s_joint")
+    alt = SubnetSampler(space, "alternating", seed=1, num_random=2)
+    steps = [alt.archs_for_step(s) for s in range(12)]
+    assert all(len(archs) == 1 for archs in steps)
+    for s, (arch,) in enumerate(steps):
+        phase = s % 4
+        if phase == 0:
+            assert arch == space.largest()
+        elif phase == 1:
+            assert arch == space.smallest()
+        else:
+            assert space.contains(arch)
+    randoms = [steps[s][0] for s in range(12) if s % 4 >= 2]
+    assert len(set(randoms)) == len(randoms)
+    assert steps == [SubnetSampler(space, "alternating", seed=1, num_random=2).archs_for_step(s) for s in range(12)]
+    only_ends = SubnetSampler(space, "alternating", num_random=0)
+    assert [only_ends.archs_for_step(s)[0] for s in range(4)] == [space.largest(), space.smallest()] * 2
+
+
+def test_cli_offers_every_sampling_strategy():
+    from picodet_nas.cli.main import build_parser
+    from supernet.sampling import STRATEGIES
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["train-supernet"]._actions
+                  if a.dest == "strategy")
+    assert tuple(action.choices) == STRATEGIES
+
+
 # ---- BN recalibration ----------------------------------------------------------------------
 def exact_bn_stats(model: nn.Module, batches: list[torch.Tensor], mode: str = "eval"
                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -21,9 +21,11 @@ def register(sub) -> None:
     )
     p.add_argument("--space", help=f"search space: a registered name ({', '.join(list_spaces())}) or a YAML file")
     add_training_flags(p, "train-supernet")
-    p.add_argument("--strategy", choices=("uniform", "sandwich"),
-                   help="subnets per step: uniform (one random; default) or sandwich (largest + smallest + random)")
-    p.add_argument("--num-random", type=int, help="random subnets per sandwich step (default: 2)")
+    p.add_argument("--strategy", choices=("uniform", "sandwich", "alternating"),
+                   help="subnets per step: uniform (one random; default), sandwich (largest + smallest + random) "
+                        "or alternating (one per step: largest, smallest, then the random ones)")
+    p.add_argument("--num-random", type=int,
+                   help="random subnets per sandwich step or per alternating cycle (default: 2)")
     p.add_argument("--distill", type=float, metavar="W",
                    help="sandwich only: in-place distillation, the largest subnet of each step teaches the others its "
                         "class scores and box distributions, with weight W beside the detection loss (default: 0)")
