@@ -137,6 +137,13 @@ def head_per_depth(entry: dict) -> str:
     return "outputs" if entry.get("head_outputs") == "per-depth" else "none"
 
 
+def command_num_random(command: str) -> int:
+    """`--num-random N` of a stored result's command (results written before entries recorded it);
+    the benchmark's default, 2, when the command does not give it."""
+    words = command.split()
+    return int(words[words.index("--num-random") + 1]) if "--num-random" in words[:-1] else 2
+
+
 def rejudge(paths: list[Path], result: dict, rows: list[dict], truth: dict[int, float], pairs: list[list[int]],
             ceiling: float | None) -> None:
     """Judge the supernet scores stored in earlier results (`paths`) against this ground truth."""
@@ -144,7 +151,9 @@ def rejudge(paths: list[Path], result: dict, rows: list[dict], truth: dict[int, 
     result["rejudged_from"] = [str(p) for p in paths]
     result["proxies"] = {name: judge(values, truth, pairs, ceiling) for name, values in proxies(rows).items()}
     for path in paths:
-        for entry in json.loads(path.read_text())["supernets"]:
+        stored = json.loads(path.read_text())
+        for entry in stored["supernets"]:
+            entry.setdefault("num_random", command_num_random(stored.get("command", "")))
             scores = {int(k): v for k, v in entry["supernet_mAP"].items()}
             if set(truth) - set(scores):
                 sys.exit(f"{path}: no supernet score of architectures {sorted(set(truth) - set(scores))}")
@@ -154,8 +163,8 @@ def rejudge(paths: list[Path], result: dict, rows: list[dict], truth: dict[int, 
     groups: dict[str, list[float]] = {}
     for entry in result["supernets"]:
         entry.setdefault("seed", 0)  # results written before supernet seeds were recorded: the data seed, 0
-        recipe = (f"{entry['strategy']} distill {entry.get('distill', 0):g} head-per-depth {entry['head_per_depth']} "
-                  f"e{entry['epochs']}")
+        recipe = (f"{entry['strategy']}{'' if entry['strategy'] == 'uniform' else ' r%d' % entry['num_random']} "
+                  f"distill {entry.get('distill', 0):g} head-per-depth {entry['head_per_depth']} e{entry['epochs']}")
         groups.setdefault(recipe, []).append(entry["kendall_tau"])
         print(f"{recipe} seed {entry['seed']}: tau {entry['kendall_tau']:.3f} ({entry['share_of_seed_tau']:.2f} of the "
               f"seed-to-seed {ceiling:.3f}), pairwise {entry['pairwise_accuracy']} over {len(pairs)} pairs")
@@ -277,7 +286,7 @@ def main() -> None:
         if not result["proxies"]:
             for proxy in ("params", "flops"):
                 result["proxies"][proxy] = judge({k: v[proxy] for k, v in scored.items()}, truth, pairs, ceiling)
-        entry = {"strategy": strategy, "epochs": epochs, "seed": sn_seed,
+        entry = {"strategy": strategy, "num_random": args.num_random, "epochs": epochs, "seed": sn_seed,
                  "distill": args.distill if strategy == "sandwich-kd" else 0.0,
                  "head_per_depth": args.head_per_depth,
                  "supernet_mAP": {str(k): v["map"] for k, v in scored.items()},
