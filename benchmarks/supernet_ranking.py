@@ -156,6 +156,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=qs["supernet"]["epochs"])
     ap.add_argument("--batch-size", type=int, default=qs["supernet"]["batch_size"])
     ap.add_argument("--lr", type=float, default=qs["supernet"]["lr"])
+    ap.add_argument("--supernet-lr", type=float,
+                    help="the supernets' peak learning rate, when it differs from the stand-alone networks' --lr "
+                         "(their folders then end in -lrX)")
     ap.add_argument("--warmup-iters", type=int, default=qs["supernet"]["warmup_iters"])
     ap.add_argument("--search-fraction", type=float, default=qs["supernet"]["search_fraction"],
                     help="training images the supernets hold out as the search split, which everything is scored on")
@@ -177,17 +180,20 @@ def main() -> None:
     space.check_fingerprint(predictor.space.fingerprint, f"latency table {args.latency_table}")
     archs = pick_archs(space, predictor, args.archs, args.seed)
     nas = [sys.executable, "-m", "picodet_nas.cli.main"]
-    schedule = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+    schedule = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                 "--warmup-iters", str(args.warmup_iters), "--eval-interval", str(args.epochs), "--workers", "0",
                 "--seed", str(args.seed), "--calib-images", str(args.calib_images)]
 
     # -- one supernet per sampling rule; each holds out the same search split -------------------
     supernets, split = {}, None
+    supernet_lr = args.lr if args.supernet_lr is None else args.supernet_lr
+    lr_tag = "" if supernet_lr == args.lr else f"-lr{supernet_lr:g}"
     for strategy in args.strategies:
-        out = run_dir / supernet_dirname(strategy, args.num_random)
+        out = run_dir / (supernet_dirname(strategy, args.num_random) + lr_tag)
         if not (out / "supernet.pt").is_file() or int(last_row(out / "metrics.csv")["epoch"]) < args.epochs:
             resume = ["--resume"] if (out / "last.pt").is_file() else []
             run(nas + ["train-supernet", "--space", args.space, "--data", str(data), *schedule,
+                       "--lr", str(supernet_lr),
                        *STRATEGY_FLAGS[strategy], "--num-random", str(args.num_random), "--search-fraction", str(args.search_fraction),
                        "--out", str(out), *resume], args.threads)
         state, meta = load_model_weights(out / "supernet.pt")
@@ -206,7 +212,7 @@ def main() -> None:
         out = run_dir / f"standalone-{i}"
         if not (out / "metrics.json").is_file():
             save_arch(arch, run_dir / f"arch-{i}.yaml")
-            run(nas + ["retrain", str(run_dir / f"arch-{i}.yaml"), "--data", str(alone_data), *schedule,
+            run(nas + ["retrain", str(run_dir / f"arch-{i}.yaml"), "--data", str(alone_data), *schedule, "--lr", str(args.lr),
                        "--device", "cpu", "--no-measure-latency", "--out", str(out)], args.threads)
         model, _, _ = load_trained_model(arch, out / "model.pt")
         standalone.append({"mAP": scorer.score(model, arch.input_size)["mAP"],
@@ -250,7 +256,7 @@ def main() -> None:
     print("proxies: Kendall tau of params " + fmt_tau(proxies["params"]) + ", of FLOPs " + fmt_tau(proxies["flops"]))
     write_result(args.out, {
         "benchmark": "supernet_ranking", "command": " ".join(sys.argv), "space": args.space, "data": str(data),
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup_iters": args.warmup_iters,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "supernet_lr": supernet_lr, "warmup_iters": args.warmup_iters,
         "search_fraction": args.search_fraction, "num_random": args.num_random,
         "calib_images": subsets.calib_images, "scored_images": subsets.val_images, "threads": args.threads,
         "seed": args.seed, "archs": rows, "strategies": results, "proxy_kendall_tau": proxies,
