@@ -43,8 +43,9 @@ from picodet_nas.data import resolve_data
 from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.space import load_space
 from picodet_nas.utils.io import atomic_write_json
+from supernet.sampling import STRATEGIES as SAMPLING_STRATEGIES
 
-STRATEGIES = ("uniform", "sandwich", "sandwich-kd", "alternating")
+STRATEGIES = (*SAMPLING_STRATEGIES, "sandwich-kd")  # every sampling rule, and the sandwich with distillation
 
 
 def strategy_flags(strategy: str, distill: float) -> list[str]:
@@ -163,8 +164,9 @@ def rejudge(paths: list[Path], result: dict, rows: list[dict], truth: dict[int, 
     groups: dict[str, list[float]] = {}
     for entry in result["supernets"]:
         entry.setdefault("seed", 0)  # results written before supernet seeds were recorded: the data seed, 0
-        recipe = (f"{entry['strategy']}{'' if entry['strategy'] == 'uniform' else ' r%d' % entry['num_random']} "
-                  f"distill {entry.get('distill', 0):g} head-per-depth {entry['head_per_depth']} e{entry['epochs']}")
+        randoms = "" if entry["strategy"] == "uniform" else f" r{entry['num_random']}"  # uniform has none
+        recipe = (f"{entry['strategy']}{randoms} distill {entry.get('distill', 0):g} "
+                  f"head-per-depth {entry['head_per_depth']} e{entry['epochs']}")
         groups.setdefault(recipe, []).append(entry["kendall_tau"])
         print(f"{recipe} seed {entry['seed']}: tau {entry['kendall_tau']:.3f} ({entry['share_of_seed_tau']:.2f} of the "
               f"seed-to-seed {ceiling:.3f}), pairwise {entry['pairwise_accuracy']} over {len(pairs)} pairs")

@@ -49,11 +49,12 @@ from picodet_nas.summary import count_macs, count_params
 from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.latency.predictor import LatencyPredictor
 from picodet_nas.space import load_space
+from supernet.sampling import STRATEGIES
 
 REPO = Path(__file__).resolve().parent.parent
-STRATEGY_FLAGS = {"uniform": ["--strategy", "uniform"], "sandwich": ["--strategy", "sandwich"],
-                  "sandwich-kd": ["--strategy", "sandwich", "--distill", "1.0"],
-                  "alternating": ["--strategy", "alternating"]}
+# every sampling rule, and the sandwich with in-place distillation
+STRATEGY_FLAGS = {**{rule: ["--strategy", rule] for rule in STRATEGIES},
+                  "sandwich-kd": ["--strategy", "sandwich", "--distill", "1.0"]}
 DEFAULT_TABLE = REPO / "latency_tables" / "epyc-2vcpu-ort-t1-quickstart.json"
 
 

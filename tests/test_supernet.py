@@ -324,11 +324,16 @@ def test_alternating_spreads_the_sandwich_over_steps():
 
 
 def test_cli_offers_every_sampling_strategy():
+    """The command line lists its --strategy choices literally (it must not import `supernet` at
+    module level); they must be the sampler's, no more and no fewer."""
     from picodet_nas.cli.main import build_parser
     from supernet.sampling import STRATEGIES
-    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["train-supernet"]._actions
-                  if a.dest == "strategy")
-    assert tuple(action.choices) == STRATEGIES
+    parser = build_parser()
+    for rule in STRATEGIES:
+        assert parser.parse_args(["train-supernet", "--strategy", rule]).strategy == rule
+    with pytest.raises(SystemExit) as refused:
+        parser.parse_args(["train-supernet", "--strategy", "greedy"])
+    assert refused.value.code == 2
 
 
 # ---- BN recalibration ----------------------------------------------------------------------
