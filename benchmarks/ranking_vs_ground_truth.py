@@ -43,14 +43,16 @@ from picodet_nas.data import resolve_data
 from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.space import load_space
 from picodet_nas.utils.io import atomic_write_json
-from supernet.sampling import STRATEGIES as SAMPLING_STRATEGIES
+from supernet.sampling import DEFAULT_CORRELATION, STRATEGIES as SAMPLING_STRATEGIES
 
 STRATEGIES = (*SAMPLING_STRATEGIES, "sandwich-kd")  # every sampling rule, and the sandwich with distillation
 
 
-def strategy_flags(strategy: str, distill: float) -> list[str]:
+def strategy_flags(strategy: str, distill: float, correlation: float = DEFAULT_CORRELATION) -> list[str]:
     if strategy == "sandwich-kd":
         return ["--strategy", "sandwich", "--distill", str(distill)]
+    if strategy == "correlated":
+        return ["--strategy", strategy, "--correlation", str(correlation)]
     return ["--strategy", strategy]
 
 
@@ -164,7 +166,8 @@ def rejudge(paths: list[Path], result: dict, rows: list[dict], truth: dict[int, 
     groups: dict[str, list[float]] = {}
     for entry in result["supernets"]:
         entry.setdefault("seed", 0)  # results written before supernet seeds were recorded: the data seed, 0
-        randoms = "" if entry["strategy"] == "uniform" else f" r{entry['num_random']}"  # uniform has none
+        randoms = {"uniform": "", "correlated": f" c{entry.get('correlation', DEFAULT_CORRELATION):g}"}.get(
+            entry["strategy"], f" r{entry['num_random']}")  # uniform has neither
         recipe = (f"{entry['strategy']}{randoms} distill {entry.get('distill', 0):g} "
                   f"head-per-depth {entry['head_per_depth']} e{entry['epochs']}")
         groups.setdefault(recipe, []).append(entry["kendall_tau"])
@@ -190,6 +193,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, nargs="+", default=[qs["supernet"]["epochs"]],
                     help="supernet training budgets (epochs of the supernet's training images)")
     ap.add_argument("--num-random", type=int, default=qs["supernet"].get("num_random", 2))
+    ap.add_argument("--correlation", type=float, default=DEFAULT_CORRELATION,
+                    help="gene correlation of the correlated rule (nas train-supernet --correlation)")
     ap.add_argument("--supernet-seeds", type=int, nargs="+",
                     help="training seeds of the supernets (default: the ground truth's data seed); every one "
                          "holds out the ground truth's search split")
@@ -250,7 +255,8 @@ def main() -> None:
     runs = [(epochs, strategy, sn_seed) for epochs in args.epochs for strategy in args.strategies
             for sn_seed in (args.supernet_seeds or [seed])]
     for epochs, strategy, sn_seed in runs:
-        tag = f"{strategy}{args.distill:g}" if strategy == "sandwich-kd" else strategy
+        tag = {"sandwich-kd": f"{strategy}{args.distill:g}",
+               "correlated": f"{strategy}{args.correlation:g}"}.get(strategy, strategy)
         tag += {"none": "", "outputs": "-per-depth-outputs", "all": "-per-depth-head"}[args.head_per_depth]
         tag += f"-seed{sn_seed}" if sn_seed != seed else ""
         out = run_dir / f"supernet-{tag}-r{args.num_random}-e{epochs}"
@@ -267,7 +273,7 @@ def main() -> None:
                          "--calib-images", str(gt["calib_images"]),
                          "--search-fraction", str(gt["search_fraction"]), "--num-random", str(args.num_random),
                          "--head-per-depth", args.head_per_depth,
-                         *strategy_flags(strategy, args.distill), "--out", str(out)] + \
+                         *strategy_flags(strategy, args.distill, args.correlation), "--out", str(out)] + \
                 (["--resume"] if (out / "last.pt").is_file() else [])
             print("$ " + " ".join(cmd), flush=True)
             t0 = time.perf_counter()
@@ -290,6 +296,7 @@ def main() -> None:
                 result["proxies"][proxy] = judge({k: v[proxy] for k, v in scored.items()}, truth, pairs, ceiling)
         entry = {"strategy": strategy, "num_random": args.num_random, "epochs": epochs, "seed": sn_seed,
                  "distill": args.distill if strategy == "sandwich-kd" else 0.0,
+                 **({"correlation": args.correlation} if strategy == "correlated" else {}),
                  "head_per_depth": args.head_per_depth,
                  "supernet_mAP": {str(k): v["map"] for k, v in scored.items()},
                  **judge({k: v["map"] for k, v in scored.items()}, truth, pairs, ceiling)}

@@ -49,7 +49,7 @@ from picodet_nas.summary import count_macs, count_params
 from picodet_nas.latency.metrics import kendall_tau
 from picodet_nas.latency.predictor import LatencyPredictor
 from picodet_nas.space import load_space
-from supernet.sampling import STRATEGIES
+from supernet.sampling import DEFAULT_CORRELATION, STRATEGIES
 
 REPO = Path(__file__).resolve().parent.parent
 # every sampling rule, and the sandwich with in-place distillation
@@ -81,10 +81,21 @@ def ranking_dir(space: str, epochs: int, batch_size: int, train_images: int, sea
     return BENCH_ROOT / f"supernet-ranking-{space}-e{epochs}-b{batch_size}-{train_images}-f{search_fraction:g}-s{seed}"
 
 
-def supernet_dirname(strategy: str, num_random: int) -> str:
-    """The folder of a supernet recipe: `supernet-uniform`, `supernet-sandwich-r2`, ... (the
-    number of random subnets per step or cycle matters for every rule but uniform)."""
-    return f"supernet-{strategy}" if strategy == "uniform" else f"supernet-{strategy}-r{num_random}"
+def supernet_dirname(strategy: str, num_random: int, correlation: float = DEFAULT_CORRELATION) -> str:
+    """The folder of a supernet recipe: `supernet-uniform`, `supernet-sandwich-r2`,
+    `supernet-correlated-c0.5`, ... (the number of random subnets per step or cycle matters for
+    the sandwich rules, the correlation for the correlated one)."""
+    if strategy == "uniform":
+        return "supernet-uniform"
+    if strategy == "correlated":
+        return f"supernet-correlated-c{correlation:g}"
+    return f"supernet-{strategy}-r{num_random}"
+
+
+def recipe_flags(strategy: str, num_random: int, correlation: float) -> list[str]:
+    """The `nas train-supernet` flags of a recipe of `--strategies`."""
+    extra = ["--correlation", str(correlation)] if strategy == "correlated" else []
+    return [*STRATEGY_FLAGS[strategy], "--num-random", str(num_random), *extra]
 
 
 def quickstart_supernet(qs: dict, space: str, seed: int, strategy: str = "uniform") -> Path:
@@ -153,6 +164,8 @@ def main() -> None:
                          "alternating (largest, smallest, random ones on successive steps)")
     ap.add_argument("--num-random", type=int, default=qs["supernet"].get("num_random", 2),
                     help="random subnets per sandwich step (per alternating cycle)")
+    ap.add_argument("--correlation", type=float, default=DEFAULT_CORRELATION,
+                    help="gene correlation of the correlated rule (nas train-supernet --correlation)")
     ap.add_argument("--archs", type=int, default=8, help="architectures compared (default: 8)")
     ap.add_argument("--epochs", type=int, default=qs["supernet"]["epochs"])
     ap.add_argument("--batch-size", type=int, default=qs["supernet"]["batch_size"])
@@ -160,6 +173,9 @@ def main() -> None:
     ap.add_argument("--supernet-lr", type=float,
                     help="the supernets' peak learning rate, when it differs from the stand-alone networks' --lr "
                          "(their folders then end in -lrX)")
+    ap.add_argument("--grad-clip", type=float, default=qs["supernet"].get("grad_clip", 0.0),
+                    help="gradient-norm clipping of every network, supernets and stand-alone ones (--grad-clip of "
+                         "nas train-supernet and nas retrain; 0: none); above 0 their folders end in -clipX")
     ap.add_argument("--warmup-iters", type=int, default=qs["supernet"]["warmup_iters"])
     ap.add_argument("--search-fraction", type=float, default=qs["supernet"]["search_fraction"],
                     help="training images the supernets hold out as the search split, which everything is scored on")
@@ -189,13 +205,16 @@ def main() -> None:
     supernets, split = {}, None
     supernet_lr = args.lr if args.supernet_lr is None else args.supernet_lr
     lr_tag = "" if supernet_lr == args.lr else f"-lr{supernet_lr:g}"
+    clip_tag = f"-clip{args.grad_clip:g}" if args.grad_clip else ""
+    lr_tag += clip_tag
     for strategy in args.strategies:
-        out = run_dir / (supernet_dirname(strategy, args.num_random) + lr_tag)
+        out = run_dir / (supernet_dirname(strategy, args.num_random, args.correlation) + lr_tag)
         if not (out / "supernet.pt").is_file() or int(last_row(out / "metrics.csv")["epoch"]) < args.epochs:
             resume = ["--resume"] if (out / "last.pt").is_file() else []
             run(nas + ["train-supernet", "--space", args.space, "--data", str(data), *schedule,
-                       "--lr", str(supernet_lr),
-                       *STRATEGY_FLAGS[strategy], "--num-random", str(args.num_random), "--search-fraction", str(args.search_fraction),
+                       "--lr", str(supernet_lr), "--grad-clip", str(args.grad_clip),
+                       *recipe_flags(strategy, args.num_random, args.correlation),
+                       "--search-fraction", str(args.search_fraction),
                        "--out", str(out), *resume], args.threads)
         state, meta = load_model_weights(out / "supernet.pt")
         if split is not None and meta["search_split"]["held_out_ids"] != split["held_out_ids"]:
@@ -210,10 +229,11 @@ def main() -> None:
     scorer = NetworkScorer(subsets.data)
     standalone = []
     for i, arch in enumerate(archs):
-        out = run_dir / f"standalone-{i}"
+        out = run_dir / f"standalone-{i}{clip_tag}"
         if not (out / "metrics.json").is_file():
             save_arch(arch, run_dir / f"arch-{i}.yaml")
             run(nas + ["retrain", str(run_dir / f"arch-{i}.yaml"), "--data", str(alone_data), *schedule, "--lr", str(args.lr),
+                       "--grad-clip", str(args.grad_clip),
                        "--device", "cpu", "--no-measure-latency", "--out", str(out)], args.threads)
         model, _, _ = load_trained_model(arch, out / "model.pt")
         standalone.append({"mAP": scorer.score(model, arch.input_size)["mAP"],
@@ -257,8 +277,9 @@ def main() -> None:
     print("proxies: Kendall tau of params " + fmt_tau(proxies["params"]) + ", of FLOPs " + fmt_tau(proxies["flops"]))
     write_result(args.out, {
         "benchmark": "supernet_ranking", "command": " ".join(sys.argv), "space": args.space, "data": str(data),
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "supernet_lr": supernet_lr, "warmup_iters": args.warmup_iters,
-        "search_fraction": args.search_fraction, "num_random": args.num_random,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "supernet_lr": supernet_lr,
+        "grad_clip": args.grad_clip, "warmup_iters": args.warmup_iters,
+        "search_fraction": args.search_fraction, "num_random": args.num_random, "correlation": args.correlation,
         "calib_images": subsets.calib_images, "scored_images": subsets.val_images, "threads": args.threads,
         "seed": args.seed, "archs": rows, "strategies": results, "proxy_kendall_tau": proxies,
         "run_dir": str(run_dir), "total_time_s": round(time.perf_counter() - started, 1)})

@@ -45,14 +45,14 @@ from picodet_nas.space import SearchSpace, load_space
 from picodet_nas.utils.rundir import default_run_name, write_run_config
 
 from .inherit import embed_weights, pretrained_subnet
-from .sampling import STRATEGIES, SubnetSampler
+from .sampling import DEFAULT_CORRELATION, STRATEGIES, SubnetSampler
 from .supernet import Supernet
 
 SUPERNET_FILE = "supernet.pt"
 DEFAULT_STRATEGY = "uniform"
 DEFAULT_NUM_RANDOM = 2
 HEAD_PER_DEPTH = ("none", "outputs", "all")
-SUPERNET_OPTIONS = ("strategy", "num_random", "search_fraction", "head_per_depth", "split_seed")
+SUPERNET_OPTIONS = ("strategy", "num_random", "correlation", "search_fraction", "head_per_depth", "split_seed")
 DEFAULT_HEAD_PER_DEPTH = "outputs"
 LANDMARKS = ("largest", "smallest")
 
@@ -105,6 +105,7 @@ class LandmarkEvaluator:
 def _supernet_options(values: Mapping[str, Any]) -> dict[str, Any]:
     options = {"strategy": values.get("strategy") or DEFAULT_STRATEGY,
                "num_random": values.get("num_random", DEFAULT_NUM_RANDOM),
+               "correlation": values.get("correlation", DEFAULT_CORRELATION),
                "search_fraction": values.get("search_fraction", DEFAULT_SEARCH_FRACTION),
                "head_per_depth": values.get("head_per_depth") or DEFAULT_HEAD_PER_DEPTH,
                "split_seed": values.get("split_seed")}
@@ -119,6 +120,11 @@ def _supernet_options(values: Mapping[str, Any]) -> dict[str, Any]:
     value = options["num_random"]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise UserError(f"--num-random must be an integer >= 0, got {value!r}")
+    if values.get("correlation") is not None and options["strategy"] != "correlated":
+        raise UserError(f"--correlation is for --strategy correlated, not {options['strategy']}")
+    value = options["correlation"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise UserError(f"--correlation must be a number in [0, 1], got {value!r}")
     value = options["search_fraction"]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 0.5:
         raise UserError(f"--search-fraction must be a number in (0, 0.5], got {value!r}")
@@ -138,7 +144,7 @@ def train_supernet(space_spec: str | Path, data: str | Path, *, options: Mapping
                    out: str | None = None, name: str | None = None, resume: Any = None,
                    init: Pretrained | None = None) -> dict[str, Any] | None:
     """Train the supernet of `space_spec` on `data`. `options`: `TrainConfig` fields plus
-    `strategy`, `num_random`, `search_fraction`, `head_per_depth` and `split_seed` (None = default;
+    `strategy`, `num_random`, `correlation`, `search_fraction`, `head_per_depth` and `split_seed` (None = default;
     the split's seed is then the training seed). `init`: a model file whose
     network (a subnet of the space, or its backbone) the supernet starts from; ignored when
     resuming. Returns a summary on rank 0."""
@@ -171,7 +177,8 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
                    default_name=default_run_name(space.name))
     ckpt = load_resume_checkpoint(run)
     if ckpt is not None:
-        sn_options = {"head_per_depth": "none", "split_seed": None, **_resumed_options(space, ckpt, run.resume_from)}
+        sn_options = {"head_per_depth": "none", "split_seed": None, "correlation": DEFAULT_CORRELATION,
+                      **_resumed_options(space, ckpt, run.resume_from)}
         cfg = resumed_config(ckpt, options, run.resume_from, other_settings=(sn_options, sn_given))
     else:
         cfg = fresh_cfg
@@ -212,7 +219,8 @@ def _train_supernet(space_spec, data, options, out, name, resume, dist_info, ini
                                     "world_size": dist_info.world_size, "peak_lr": cfg.peak_lr(dist_info.world_size),
                                     **({"init_from": str(init.path)} if init is not None and ckpt is None else {}),
                                     **sn_options, "train": cfg.to_dict()})
-    sampler = SubnetSampler(space, sn_options["strategy"], seed=cfg.seed, num_random=sn_options["num_random"])
+    sampler = SubnetSampler(space, sn_options["strategy"], seed=cfg.seed, num_random=sn_options["num_random"],
+                            correlation=sn_options.get("correlation", DEFAULT_CORRELATION))
     calibration = BNCalibration(train_set, cfg.calib_images or DEFAULT_CALIB_IMAGES, seed=cfg.seed,
                                 device=dist_info.device, workers=cfg.data_workers(dist_info.device),
                                 interp=cfg.train_interp)

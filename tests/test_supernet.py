@@ -323,6 +323,54 @@ def test_alternating_spreads_the_sandwich_over_steps():
     assert [only_ends.archs_for_step(s)[0] for s in range(4)] == [space.largest(), space.smallest()] * 2
 
 
+def test_correlated_keeps_uniform_marginals_and_moves_genes_together():
+    """Every gene's choices are drawn equally often whatever the correlation (chi-square on 3000
+    fixed-seed draws); genes agree with each other more as the correlation grows; correlation 1
+    puts every gene at the step's level, so each step's subnet is one of the level networks."""
+    from scipy.stats import chisquare
+    space = load_space("quickstart")
+    genes = space.genes
+
+    def draws(rho: float, n: int) -> list[tuple]:
+        sampler = SubnetSampler(space, "correlated", seed=5, correlation=rho)
+        out = [space.encode(sampler.archs_for_step(s)[0]) for s in range(n)]
+        assert all(len(sampler.archs_for_step(s)) == 1 for s in range(3))
+        return out
+
+    def agreement(genomes: list[tuple]) -> float:
+        """How often two 3-choice genes of one subnet take the same index (1/3 when independent)."""
+        three = [i for i, g in enumerate(genes) if len(g.choices) == 3]
+        same = [genes[i].choices.index(gen[i]) == genes[j].choices.index(gen[j])
+                for gen in genomes for i, j in zip(three, three[1:])]
+        return sum(same) / len(same)
+
+    for rho in (0.0, 0.5, 0.8):
+        genomes = draws(rho, 3000)
+        for i, gene in enumerate(genes):
+            counts = [sum(g[i] == c for g in genomes) for c in gene.choices]
+            assert chisquare(counts).pvalue > 1e-4, (rho, gene.name, counts)
+        expected = 1 / 3 + rho ** 2 * 2 / 3  # same level with prob rho^2, else independent
+        assert abs(agreement(genomes) - expected) < 0.03, rho
+    levels = {tuple(space.encode(a)) for a in (space.smallest(), space.largest())}
+    full = draws(1.0, 200)
+    assert levels <= set(full) and len(set(full)) <= 4  # q in [0,1/3), [1/3,1/2), [1/2,2/3), [2/3,1)
+    a, b = SubnetSampler(space, "correlated", seed=2), SubnetSampler(space, "correlated", seed=2)
+    assert [a.archs_for_step(s) for s in range(10)] == [b.archs_for_step(s) for s in range(10)]
+    with pytest.raises(ValueError):
+        SubnetSampler(space, "correlated", correlation=1.5)
+
+
+def test_correlation_is_refused_for_other_strategies(tmp_path):
+    from picodet_nas.errors import UserError
+    from supernet.train import _supernet_options
+    assert _supernet_options({"strategy": "correlated", "correlation": 0.8})["correlation"] == 0.8
+    assert _supernet_options({"strategy": "uniform"})["correlation"] == 0.5
+    with pytest.raises(UserError, match="--correlation is for --strategy correlated"):
+        _supernet_options({"strategy": "uniform", "correlation": 0.8})
+    with pytest.raises(UserError, match=r"--correlation must be a number in \[0, 1\]"):
+        _supernet_options({"strategy": "correlated", "correlation": 2})
+
+
 def test_cli_offers_every_sampling_strategy():
     """The command line lists its --strategy choices literally (it must not import `supernet` at
     module level); they must be the sampler's, no more and no fewer."""

@@ -1,4 +1,4 @@
-"""nas train-supernet --space SPACE --data DIR [-c CONFIG] [--strategy uniform|sandwich] [--init MODEL.pt] [--epochs N] ..."""
+"""nas train-supernet --space SPACE --data DIR [-c CONFIG] [--strategy uniform|sandwich|alternating|correlated] [--init MODEL.pt] [--epochs N] ..."""
 
 from __future__ import annotations
 
@@ -21,11 +21,15 @@ def register(sub) -> None:
     )
     p.add_argument("--space", help=f"search space: a registered name ({', '.join(list_spaces())}) or a YAML file")
     add_training_flags(p, "train-supernet")
-    p.add_argument("--strategy", choices=("uniform", "sandwich", "alternating"),
-                   help="subnets per step: uniform (one random; default), sandwich (largest + smallest + random) "
-                        "or alternating (one per step: largest, smallest, then the random ones)")
+    p.add_argument("--strategy", choices=("uniform", "sandwich", "alternating", "correlated"),
+                   help="subnets per step: uniform (one random; default), sandwich (largest + smallest + random), "
+                        "alternating (one per step: largest, smallest, then the random ones) or correlated (one "
+                        "per step whose genes share a random level, see --correlation)")
     p.add_argument("--num-random", type=int,
                    help="random subnets per sandwich step or per alternating cycle (default: 2)")
+    p.add_argument("--correlation", type=float, metavar="RHO",
+                   help="correlated only: the probability that a gene takes the step's level rather than a draw of "
+                        "its own (0: uniform; every gene's marginal stays uniform; default: 0.5)")
     p.add_argument("--distill", type=float, metavar="W",
                    help="sandwich only: in-place distillation, the largest subnet of each step teaches the others its "
                         "class scores and box distributions, with weight W beside the detection loss (default: 0)")
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from supernet.train import train_supernet
 
     values = resolve(args)
-    options = {k: values[k] for k in (*TRAIN_OPTIONS, "strategy", "num_random", "search_fraction", "distill",
+    options = {k: values[k] for k in (*TRAIN_OPTIONS, "strategy", "num_random", "correlation", "search_fraction", "distill",
                                       "head_per_depth", "split_seed")}
     init = read_init_file(values["init"]) if values.get("init") else None
     summary = train_supernet(values["space"], values["data"], options=options, out=values.get("out"),
