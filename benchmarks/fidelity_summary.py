@@ -1,0 +1,101 @@
+"""Pools `supernet_ranking.py --archs 2` runs of several seeds into one fidelity table.
+
+Each input JSON holds, for one seed, the largest and the smallest architecture trained alone and
+the score of the same architectures in each supernet it trained. This prints, per strategy and
+per landmark, the seed-by-seed scores, the means, the share of the stand-alone mean (issue 13's
+bar is 50%) and, for every pair of strategies, a paired t-test over the seeds on the subnet's mAP
+(scipy.stats.ttest_rel: the same architecture and seed in both supernets, so the noise of the
+stand-alone network does not enter). It trains nothing.
+
+    python benchmarks/fidelity_summary.py benchmarks/results/supernet_fidelity_quickstart_clip5_s*.json \
+        --out benchmarks/results/supernet_fidelity_quickstart_clip5_summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+LANDMARKS = ("largest", "smallest")
+
+
+def load_runs(paths: list[Path]) -> list[dict]:
+    runs = []
+    for p in paths:
+        d = json.loads(p.read_text())
+        if d.get("benchmark") != "supernet_ranking" or len(d.get("archs", [])) < 2:
+            sys.exit(f"{p}: expected a supernet_ranking.py result with --archs 2")
+        runs.append({"path": str(p), "seed": d["seed"], "grad_clip": d.get("grad_clip", 0.0),
+                     "archs": d["archs"][:2], "strategies": list(d["strategies"])})
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        sys.exit(f"each seed once, got seeds {seeds}")
+    return sorted(runs, key=lambda r: r["seed"])
+
+
+def summarise(runs: list[dict]) -> dict:
+    strategies = [s for s in runs[0]["strategies"] if all(s in r["strategies"] for r in runs)]
+    out = {"seeds": [r["seed"] for r in runs], "grad_clip": sorted({r["grad_clip"] for r in runs}),
+           "inputs": [r["path"] for r in runs], "landmarks": {}}
+    for i, name in enumerate(LANDMARKS):
+        alone = np.array([r["archs"][i]["standalone_mAP"] for r in runs])
+        row = {"alone": alone.tolist(), "alone_mean": float(alone.mean()), "strategies": {}}
+        for s in strategies:
+            m = np.array([r["archs"][i][f"{s}_mAP"] for r in runs])
+            row["strategies"][s] = {"mAP": m.tolist(), "mean": float(m.mean()),
+                                    "share_of_alone_mean": float(m.mean() / alone.mean()),
+                                    "share_by_seed": (m / alone).tolist()}
+        tests = {}
+        for a, b in itertools.combinations(strategies, 2):
+            sa = np.array(row["strategies"][a]["mAP"])
+            sb = np.array(row["strategies"][b]["mAP"])
+            t = stats.ttest_rel(sb, sa) if len(runs) > 1 else None
+            tests[f"{b} - {a}"] = {"mean_mAP_difference": float((sb - sa).mean()),
+                                   "share_of_alone_mean_difference": float((sb - sa).mean() / alone.mean()),
+                                   "t": None if t is None else float(t.statistic),
+                                   "p": None if t is None else float(t.pvalue), "df": len(runs) - 1,
+                                   "seeds_higher": int((sb > sa).sum())}
+        row["paired_tests"] = tests
+        out["landmarks"][name] = row
+    return out
+
+
+def print_table(s: dict) -> None:
+    for name, row in s["landmarks"].items():
+        strategies = list(row["strategies"])
+        print(f"\n{name}: seed | alone | " + " | ".join(strategies))
+        for k, seed in enumerate(s["seeds"]):
+            cells = [f"{row['strategies'][st]['mAP'][k]:.4f} ({row['strategies'][st]['share_by_seed'][k]:.0%})"
+                     for st in strategies]
+            print(f"  {seed} | {row['alone'][k]:.4f} | " + " | ".join(cells))
+        cells = [f"{row['strategies'][st]['mean']:.4f} ({row['strategies'][st]['share_of_alone_mean']:.0%})"
+                 for st in strategies]
+        print(f"  mean | {row['alone_mean']:.4f} | " + " | ".join(cells))
+        for pair, t in row["paired_tests"].items():
+            tp = "" if t["t"] is None else f", t {t['t']:.2f}, p {t['p']:.2f} ({t['df']} df)"
+            print(f"  {pair}: mAP {t['mean_mAP_difference']:+.4f} ({t['share_of_alone_mean_difference']:+.0%} "
+                  f"of the stand-alone mean) on average, higher on "
+                  f"{t['seeds_higher']} of {len(s['seeds'])} seeds{tp}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="+", type=Path, help="supernet_ranking.py JSONs, one per seed")
+    ap.add_argument("--out", type=Path, help="write the summary here as JSON")
+    args = ap.parse_args(argv)
+    s = summarise(load_runs(args.results))
+    s["command"] = " ".join(["benchmarks/fidelity_summary.py", *sys.argv[1:]]) if argv is None else None
+    print_table(s)
+    if args.out:
+        args.out.write_text(json.dumps(s, indent=1) + "\n")
+        print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

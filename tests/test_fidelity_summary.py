@@ -1,0 +1,47 @@
+"""benchmarks/fidelity_summary.py on hand-made runs: means, shares and the paired test."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import fidelity_summary  # noqa: E402
+
+
+def write_run(path: Path, seed: int, alone: tuple, uniform: tuple, other: tuple) -> Path:
+    archs = [{"standalone_mAP": a, "uniform_mAP": u, "correlated_mAP": c} for a, u, c in zip(alone, uniform, other)]
+    path.write_text(json.dumps({"benchmark": "supernet_ranking", "seed": seed, "grad_clip": 5.0, "archs": archs,
+                                "strategies": {"uniform": {}, "correlated": {}}}))
+    return path
+
+
+def test_means_shares_and_paired_test(tmp_path):
+    runs = [write_run(tmp_path / "a.json", 1, (0.2, 0.1), (0.05, 0.04), (0.10, 0.05)),
+            write_run(tmp_path / "b.json", 2, (0.1, 0.1), (0.07, 0.02), (0.08, 0.05)),
+            write_run(tmp_path / "c.json", 3, (0.3, 0.1), (0.03, 0.03), (0.09, 0.02))]
+    s = fidelity_summary.summarise(fidelity_summary.load_runs(runs))
+    big = s["landmarks"]["largest"]
+    assert s["seeds"] == [1, 2, 3]
+    assert big["alone_mean"] == pytest.approx(0.2)
+    assert big["strategies"]["uniform"]["mean"] == pytest.approx(0.05)
+    assert big["strategies"]["uniform"]["share_of_alone_mean"] == pytest.approx(0.25)
+    assert big["strategies"]["correlated"]["share_by_seed"] == pytest.approx([0.5, 0.8, 0.3])
+    t = big["paired_tests"]["correlated - uniform"]
+    # differences 0.05, 0.01, 0.06: mean 0.04, sd sqrt(0.0007), t = 0.04 / (sd / sqrt(3))
+    assert t["mean_mAP_difference"] == pytest.approx(0.04)
+    assert t["t"] == pytest.approx(0.04 / (0.0007 ** 0.5 / 3 ** 0.5))
+    assert t["seeds_higher"] == 3 and t["df"] == 2
+    small = s["landmarks"]["smallest"]["paired_tests"]["correlated - uniform"]
+    assert small["seeds_higher"] == 2
+
+
+def test_refuses_repeated_seed_and_foreign_json(tmp_path):
+    a = write_run(tmp_path / "a.json", 1, (0.2, 0.1), (0.05, 0.04), (0.1, 0.05))
+    b = write_run(tmp_path / "b.json", 1, (0.2, 0.1), (0.05, 0.04), (0.1, 0.05))
+    with pytest.raises(SystemExit, match="each seed once"):
+        fidelity_summary.load_runs([a, b])
+    (tmp_path / "x.json").write_text(json.dumps({"benchmark": "ground_truth"}))
+    with pytest.raises(SystemExit, match="x.json"):
+        fidelity_summary.load_runs([tmp_path / "x.json"])
