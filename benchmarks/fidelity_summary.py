@@ -26,28 +26,36 @@ LANDMARKS = ("largest", "smallest")
 
 
 def load_runs(paths: list[Path]) -> list[dict]:
-    runs = []
+    """One entry per seed. Files of the same seed (say, a second run that trained only the
+    supernets again with another --supernet-grad-clip) are merged; their stand-alone networks must
+    be the same ones. Each supernet is named by its rule and its gradient clipping."""
+    by_seed: dict[int, dict] = {}
     for p in paths:
         d = json.loads(p.read_text())
         if d.get("benchmark") != "supernet_ranking" or len(d.get("archs", [])) < 2:
             sys.exit(f"{p}: expected a supernet_ranking.py result with --archs 2")
-        runs.append({"path": str(p), "seed": d["seed"], "grad_clip": d.get("grad_clip", 0.0),
-                     "archs": d["archs"][:2], "strategies": list(d["strategies"])})
-    seeds = [r["seed"] for r in runs]
-    if len(set(seeds)) != len(seeds):
-        sys.exit(f"each seed once, got seeds {seeds}")
-    return sorted(runs, key=lambda r: r["seed"])
+        clip = d.get("supernet_grad_clip", d.get("grad_clip", 0.0))
+        archs = d["archs"][:2]
+        scores = {f"{s}, clip {clip:g}": [a[f"{s}_mAP"] for a in archs] for s in d["strategies"]}
+        alone = [a["standalone_mAP"] for a in archs]
+        run = by_seed.setdefault(d["seed"], {"seed": d["seed"], "paths": [], "alone": alone, "scores": {}})
+        if run["alone"] != alone:
+            sys.exit(f"{p}: seed {d['seed']} has other stand-alone networks than {run['paths'][0]}")
+        if set(scores) & set(run["scores"]):
+            sys.exit(f"{p}: seed {d['seed']} scores {sorted(set(scores) & set(run['scores']))} twice")
+        run["paths"].append(str(p))
+        run["scores"].update(scores)
+    return [by_seed[k] for k in sorted(by_seed)]
 
 
 def summarise(runs: list[dict]) -> dict:
-    strategies = [s for s in runs[0]["strategies"] if all(s in r["strategies"] for r in runs)]
-    out = {"seeds": [r["seed"] for r in runs], "grad_clip": sorted({r["grad_clip"] for r in runs}),
-           "inputs": [r["path"] for r in runs], "landmarks": {}}
+    strategies = [s for s in runs[0]["scores"] if all(s in r["scores"] for r in runs)]
+    out = {"seeds": [r["seed"] for r in runs], "inputs": [p for r in runs for p in r["paths"]], "landmarks": {}}
     for i, name in enumerate(LANDMARKS):
-        alone = np.array([r["archs"][i]["standalone_mAP"] for r in runs])
+        alone = np.array([r["alone"][i] for r in runs])
         row = {"alone": alone.tolist(), "alone_mean": float(alone.mean()), "strategies": {}}
         for s in strategies:
-            m = np.array([r["archs"][i][f"{s}_mAP"] for r in runs])
+            m = np.array([r["scores"][s][i] for r in runs])
             row["strategies"][s] = {"mAP": m.tolist(), "mean": float(m.mean()),
                                     "share_of_alone_mean": float(m.mean() / alone.mean()),
                                     "share_by_seed": (m / alone).tolist()}

@@ -176,6 +176,9 @@ def main() -> None:
     ap.add_argument("--grad-clip", type=float, default=qs["supernet"].get("grad_clip", 0.0),
                     help="gradient-norm clipping of every network, supernets and stand-alone ones (--grad-clip of "
                          "nas train-supernet and nas retrain; 0: none); above 0 their folders end in -clipX")
+    ap.add_argument("--supernet-grad-clip", type=float,
+                    help="the supernets' gradient clipping, when it differs from the stand-alone networks' "
+                         "--grad-clip (their folders then end in -clipX for X above 0, in nothing for 0)")
     ap.add_argument("--warmup-iters", type=int, default=qs["supernet"]["warmup_iters"])
     ap.add_argument("--search-fraction", type=float, default=qs["supernet"]["search_fraction"],
                     help="training images the supernets hold out as the search split, which everything is scored on")
@@ -205,14 +208,15 @@ def main() -> None:
     supernets, split = {}, None
     supernet_lr = args.lr if args.supernet_lr is None else args.supernet_lr
     lr_tag = "" if supernet_lr == args.lr else f"-lr{supernet_lr:g}"
+    supernet_clip = args.grad_clip if args.supernet_grad_clip is None else args.supernet_grad_clip
     clip_tag = f"-clip{args.grad_clip:g}" if args.grad_clip else ""
-    lr_tag += clip_tag
+    lr_tag += f"-clip{supernet_clip:g}" if supernet_clip else ""
     for strategy in args.strategies:
         out = run_dir / (supernet_dirname(strategy, args.num_random, args.correlation) + lr_tag)
         if not (out / "supernet.pt").is_file() or int(last_row(out / "metrics.csv")["epoch"]) < args.epochs:
             resume = ["--resume"] if (out / "last.pt").is_file() else []
             run(nas + ["train-supernet", "--space", args.space, "--data", str(data), *schedule,
-                       "--lr", str(supernet_lr), "--grad-clip", str(args.grad_clip),
+                       "--lr", str(supernet_lr), "--grad-clip", str(supernet_clip),
                        *recipe_flags(strategy, args.num_random, args.correlation),
                        "--search-fraction", str(args.search_fraction),
                        "--out", str(out), *resume], args.threads)
@@ -278,7 +282,7 @@ def main() -> None:
     write_result(args.out, {
         "benchmark": "supernet_ranking", "command": " ".join(sys.argv), "space": args.space, "data": str(data),
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "supernet_lr": supernet_lr,
-        "grad_clip": args.grad_clip, "warmup_iters": args.warmup_iters,
+        "grad_clip": args.grad_clip, "supernet_grad_clip": supernet_clip, "warmup_iters": args.warmup_iters,
         "search_fraction": args.search_fraction, "num_random": args.num_random, "correlation": args.correlation,
         "calib_images": subsets.calib_images, "scored_images": subsets.val_images, "threads": args.threads,
         "seed": args.seed, "archs": rows, "strategies": results, "proxy_kendall_tau": proxies,
