@@ -7,8 +7,11 @@ bar is 50%) and, for every pair of strategies, a paired t-test over the seeds on
 (scipy.stats.ttest_rel: the same architecture and seed in both supernets, so the noise of the
 stand-alone network does not enter). It trains nothing.
 
-    python benchmarks/fidelity_summary.py benchmarks/results/supernet_fidelity_quickstart_clip5_s*.json \
-        --out benchmarks/results/supernet_fidelity_quickstart_clip5_summary.json
+    python benchmarks/fidelity_summary.py benchmarks/results/supernet_fidelity_quickstart_clip5_s[13].json \
+        benchmarks/results/supernet_fidelity_quickstart_noclip_supernet_s[13].json \
+        --out benchmarks/results/supernet_fidelity_quickstart_clip_summary.json
+
+A file that is not such a result is refused in one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -25,24 +28,36 @@ from scipy import stats
 LANDMARKS = ("largest", "smallest")
 
 
+def paired_test(after: np.ndarray, before: np.ndarray) -> dict:
+    """after - before over the seeds: the mean difference, how many seeds went up, and the
+    paired t-test (scipy.stats.ttest_rel; None with a single seed)."""
+    t = stats.ttest_rel(after, before) if len(after) > 1 else None
+    return {"mean_difference": float((after - before).mean()), "seeds_higher": int((after > before).sum()),
+            "t": None if t is None else float(t.statistic), "p": None if t is None else float(t.pvalue),
+            "df": len(after) - 1}
+
+
 def load_runs(paths: list[Path]) -> list[dict]:
     """One entry per seed. Files of the same seed (say, a second run that trained only the
     supernets again with another --supernet-grad-clip) are merged; their stand-alone networks must
     be the same ones. Each supernet is named by its rule and its gradient clipping."""
     by_seed: dict[int, dict] = {}
     for p in paths:
-        d = json.loads(p.read_text())
-        if d.get("benchmark") != "supernet_ranking" or len(d.get("archs", [])) < 2:
-            sys.exit(f"{p}: expected a supernet_ranking.py result with --archs 2")
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{p}: cannot read a JSON result ({e})") from None
+        if not isinstance(d, dict) or d.get("benchmark") != "supernet_ranking" or len(d.get("archs", [])) < 2:
+            raise ValueError(f"{p}: expected a supernet_ranking.py result with --archs 2")
         clip = d.get("supernet_grad_clip", d.get("grad_clip", 0.0))
         archs = d["archs"][:2]
         scores = {f"{s}, clip {clip:g}": [a[f"{s}_mAP"] for a in archs] for s in d["strategies"]}
         alone = [a["standalone_mAP"] for a in archs]
         run = by_seed.setdefault(d["seed"], {"seed": d["seed"], "paths": [], "alone": alone, "scores": {}})
         if run["alone"] != alone:
-            sys.exit(f"{p}: seed {d['seed']} has other stand-alone networks than {run['paths'][0]}")
+            raise ValueError(f"{p}: seed {d['seed']} has other stand-alone networks than {run['paths'][0]}")
         if set(scores) & set(run["scores"]):
-            sys.exit(f"{p}: seed {d['seed']} scores {sorted(set(scores) & set(run['scores']))} twice")
+            raise ValueError(f"{p}: seed {d['seed']} scores {sorted(set(scores) & set(run['scores']))} twice")
         run["paths"].append(str(p))
         run["scores"].update(scores)
     return [by_seed[k] for k in sorted(by_seed)]
@@ -61,14 +76,8 @@ def summarise(runs: list[dict]) -> dict:
                                     "share_by_seed": (m / alone).tolist()}
         tests = {}
         for a, b in itertools.combinations(strategies, 2):
-            sa = np.array(row["strategies"][a]["mAP"])
-            sb = np.array(row["strategies"][b]["mAP"])
-            t = stats.ttest_rel(sb, sa) if len(runs) > 1 else None
-            tests[f"{b} - {a}"] = {"mean_mAP_difference": float((sb - sa).mean()),
-                                   "share_of_alone_mean_difference": float((sb - sa).mean() / alone.mean()),
-                                   "t": None if t is None else float(t.statistic),
-                                   "p": None if t is None else float(t.pvalue), "df": len(runs) - 1,
-                                   "seeds_higher": int((sb > sa).sum())}
+            test = paired_test(np.array(row["strategies"][b]["mAP"]), np.array(row["strategies"][a]["mAP"]))
+            tests[f"{b} - {a}"] = {**test, "share_of_alone_mean_difference": test["mean_difference"] / alone.mean()}
         row["paired_tests"] = tests
         out["landmarks"][name] = row
     return out
@@ -87,7 +96,7 @@ def print_table(s: dict) -> None:
         print(f"  mean | {row['alone_mean']:.4f} | " + " | ".join(cells))
         for pair, t in row["paired_tests"].items():
             tp = "" if t["t"] is None else f", t {t['t']:.2f}, p {t['p']:.2f} ({t['df']} df)"
-            print(f"  {pair}: mAP {t['mean_mAP_difference']:+.4f} ({t['share_of_alone_mean_difference']:+.0%} "
+            print(f"  {pair}: mAP {t['mean_difference']:+.4f} ({t['share_of_alone_mean_difference']:+.0%} "
                   f"of the stand-alone mean) on average, higher on "
                   f"{t['seeds_higher']} of {len(s['seeds'])} seeds{tp}")
 
@@ -97,8 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("results", nargs="+", type=Path, help="supernet_ranking.py JSONs, one per seed")
     ap.add_argument("--out", type=Path, help="write the summary here as JSON")
     args = ap.parse_args(argv)
-    s = summarise(load_runs(args.results))
-    s["command"] = " ".join(["benchmarks/fidelity_summary.py", *sys.argv[1:]]) if argv is None else None
+    try:
+        s = summarise(load_runs(args.results))
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    s["command"] = " ".join(["benchmarks/fidelity_summary.py", *(sys.argv[1:] if argv is None else argv)])
     print_table(s)
     if args.out:
         args.out.write_text(json.dumps(s, indent=1) + "\n")

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy import stats
-from supernet_ranking import last_row, run
+from fidelity_summary import LANDMARKS, paired_test
+from supernet_ranking import last_row, run, supernet_dirname
 from train_common import ensure_shapes, write_result
 
 from picodet_nas.cli.quickstart_config import CONFIG_FILE
 
-LANDMARKS = ("largest", "smallest")
+NUM_RANDOM = 2  # passed as supernet_ranking.py passes it; the uniform rule does not use it
 
 
 def supernet(data: Path, out: Path, seed: int, clip: float, args) -> dict:
@@ -38,7 +38,7 @@ def supernet(data: Path, out: Path, seed: int, clip: float, args) -> dict:
              "--data", str(data), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
              "--warmup-iters", str(args.warmup_iters), "--eval-interval", str(args.epochs), "--workers", "0",
              "--seed", str(seed), "--calib-images", str(args.calib_images), "--lr", str(args.lr),
-             "--grad-clip", str(clip), "--strategy", "uniform", "--num-random", "2",
+             "--grad-clip", str(clip), "--strategy", "uniform", "--num-random", str(NUM_RANDOM),
              "--search-fraction", str(args.search_fraction), "--out", str(out), *resume], args.threads)
     row = last_row(csv_path)
     return {"dir": str(out), "steps": int(row["step"]), "train_seconds": float(row["wall_time_s"]),
@@ -63,24 +63,21 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.clip <= 0:
-        sys.exit("--clip: expected a norm above 0")
+        ap.error("--clip: expected a norm above 0")
     d = qs["dataset"]
     data = args.data or ensure_shapes(d["train"], d["val"], d["image_size"], 0)
     started = time.perf_counter()
     rows = []
     for seed in args.seeds:
-        base = Path(args.run_dir.format(seed=seed))
-        rows.append({"seed": seed, "no_clip": supernet(data, base / "supernet-uniform", seed, 0.0, args),
-                     "clip": supernet(data, base / f"supernet-uniform-clip{args.clip:g}", seed, args.clip, args)})
+        base = Path(args.run_dir.format(seed=seed)) / supernet_dirname("uniform", NUM_RANDOM)
+        rows.append({"seed": seed, "no_clip": supernet(data, base, seed, 0.0, args),
+                     "clip": supernet(data, base.with_name(f"{base.name}-clip{args.clip:g}"), seed, args.clip, args)})
     effect = {}
     for k in LANDMARKS:
         off = np.array([r["no_clip"][f"{k}_mAP"] for r in rows])
         on = np.array([r["clip"][f"{k}_mAP"] for r in rows])
-        t = stats.ttest_rel(on, off) if len(rows) > 1 else None
         effect[k] = {"no_clip_mean": float(off.mean()), "clip_mean": float(on.mean()),
-                     "mean_difference": float((on - off).mean()), "ratio_of_means": float(on.mean() / off.mean()),
-                     "seeds_higher": int((on > off).sum()), "t": None if t is None else float(t.statistic),
-                     "p": None if t is None else float(t.pvalue), "df": len(rows) - 1}
+                     "ratio_of_means": float(on.mean() / off.mean()), **paired_test(on, off)}
     print(f"\nuniform supernet, {args.epochs} epochs; mAP on the search split ({args.calib_images} calibration images)")
     print("seed | largest: no clip / clip | smallest: no clip / clip")
     for r in rows:

@@ -207,12 +207,12 @@ def main() -> None:
     # -- one supernet per sampling rule; each holds out the same search split -------------------
     supernets, split = {}, None
     supernet_lr = args.lr if args.supernet_lr is None else args.supernet_lr
-    lr_tag = "" if supernet_lr == args.lr else f"-lr{supernet_lr:g}"
+    supernet_tag = "" if supernet_lr == args.lr else f"-lr{supernet_lr:g}"
     supernet_clip = args.grad_clip if args.supernet_grad_clip is None else args.supernet_grad_clip
     clip_tag = f"-clip{args.grad_clip:g}" if args.grad_clip else ""
-    lr_tag += f"-clip{supernet_clip:g}" if supernet_clip else ""
+    supernet_tag += f"-clip{supernet_clip:g}" if supernet_clip else ""
     for strategy in args.strategies:
-        out = run_dir / (supernet_dirname(strategy, args.num_random, args.correlation) + lr_tag)
+        out = run_dir / (supernet_dirname(strategy, args.num_random, args.correlation) + supernet_tag)
         if not (out / "supernet.pt").is_file() or int(last_row(out / "metrics.csv")["epoch"]) < args.epochs:
             resume = ["--resume"] if (out / "last.pt").is_file() else []
             run(nas + ["train-supernet", "--space", args.space, "--data", str(data), *schedule,

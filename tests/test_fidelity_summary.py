@@ -36,7 +36,7 @@ def test_means_shares_and_paired_test(tmp_path):
     assert big["strategies"]["correlated, clip 5"]["share_by_seed"] == pytest.approx([0.5, 0.8, 0.3])
     t = big["paired_tests"]["correlated, clip 5 - uniform, clip 5"]
     # differences 0.05, 0.01, 0.06: mean 0.04, sd sqrt(0.0007), t = 0.04 / (sd / sqrt(3))
-    assert t["mean_mAP_difference"] == pytest.approx(0.04)
+    assert t["mean_difference"] == pytest.approx(0.04)
     assert t["t"] == pytest.approx(0.04 / (0.0007 ** 0.5 / 3 ** 0.5))
     assert t["seeds_higher"] == 3 and t["df"] == 2
     small = s["landmarks"]["smallest"]["paired_tests"]["correlated, clip 5 - uniform, clip 5"]
@@ -54,11 +54,23 @@ def test_merges_a_seed_s_supernets_of_another_clip(tmp_path):
 def test_refuses_a_seed_scored_twice_other_networks_and_foreign_json(tmp_path):
     a = write_run(tmp_path / "a.json", 1, (0.2, 0.1), (0.05, 0.04), (0.1, 0.05))
     b = write_run(tmp_path / "b.json", 1, (0.2, 0.1), (0.05, 0.04))
-    with pytest.raises(SystemExit, match="twice"):
+    with pytest.raises(ValueError, match="twice"):
         fidelity_summary.load_runs([a, b])
     c = write_run(tmp_path / "c.json", 1, (0.3, 0.1), (0.05, 0.04), supernet_clip=0.0)
-    with pytest.raises(SystemExit, match="other stand-alone networks"):
+    with pytest.raises(ValueError, match="other stand-alone networks"):
         fidelity_summary.load_runs([a, c])
     (tmp_path / "x.json").write_text(json.dumps({"benchmark": "ground_truth"}))
-    with pytest.raises(SystemExit, match="x.json"):
+    with pytest.raises(ValueError, match="x.json"):
         fidelity_summary.load_runs([tmp_path / "x.json"])
+
+
+@pytest.mark.parametrize("text", ['{"benchmark": "ground_truth"}', "not json", None])
+def test_cli_refuses_a_bad_file_in_one_line_exit_2(tmp_path, capsys, text):
+    bad = tmp_path / "bad.json"
+    if text is not None:
+        bad.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        fidelity_summary.main([str(bad)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(str(bad))
